@@ -130,7 +130,9 @@ class VPProcess(Process):
 
     def t_of_sigma(self, sigma):
         sigma = _t(sigma)
-        return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)) - self.beta_min) / self.beta_d
+        # root of ½β_d t² + β_min t = log(1+σ²), written without cancellation for small σ
+        log1p_s2 = torch.log1p(sigma**2)
+        return 2 * log1p_s2 / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * self.beta_d * log1p_s2))
 
 
 @dataclass(repr=False)
@@ -197,35 +199,48 @@ class CosineProcess(Process):
     t_max: float = 0.9999
     name: str = "cosine"
 
-    def _angle(self, t):
-        return 0.5 * math.pi * (_t(t) + self.offset) / (1 + self.offset)
+    @property
+    def _k(self) -> float:
+        """dθ/dt for the angle θ(t) = π/2·(t+s)/(1+s)."""
+        return 0.5 * math.pi / (1 + self.offset)
+
+    @property
+    def _theta0(self) -> float:
+        return 0.5 * math.pi * self.offset / (1 + self.offset)
 
     @property
     def _c0(self) -> float:
-        return math.cos(0.5 * math.pi * self.offset / (1 + self.offset))
+        return math.cos(self._theta0)
+
+    def _angle(self, t):
+        return self._theta0 + self._k * _t(t)
+
+    def _cos(self, t):
+        # cos θ = sin(π/2 − θ) = sin(θ'·(1 − t)): accurate near t = 1 where cos θ → 0
+        return torch.sin(self._k * (1 - _t(t)))
 
     def s(self, t):
-        return torch.cos(self._angle(t)) / self._c0
+        return self._cos(t) / self._c0
 
     def sigma(self, t):
-        # σ² = 1/ᾱ − 1 = (c0² − cos²)/cos²
-        c = torch.cos(self._angle(t))
-        return torch.sqrt(torch.clamp(self._c0**2 - c**2, min=0.0)) / c
+        # σ² = 1/ᾱ − 1 = (c0² − cos²θ)/cos²θ, and c0² − cos²θ = sin(θ−θ0)·sin(θ+θ0) without cancellation
+        t = _t(t)
+        return torch.sqrt(torch.sin(self._k * t) * torch.sin(self._angle(t) + self._theta0)) / self._cos(t)
 
     def ds_dt(self, t):
-        return -torch.sin(self._angle(t)) * (0.5 * math.pi / (1 + self.offset)) / self._c0
+        return -torch.sin(self._angle(t)) * self._k / self._c0
 
     def dsigma_dt(self, t):
-        a = self._angle(t)
-        c, sn = torch.cos(a), torch.sin(a)
-        da = 0.5 * math.pi / (1 + self.offset)
-        num = torch.sqrt(torch.clamp(self._c0**2 - c**2, min=1e-300))
-        # d/dt [num / c] with d(num)/dt = c·sn·da/num and d(c)/dt = −sn·da
-        return (c * sn * da / num) / c + num * sn * da / c**2
+        # from σ² = c0²/cos²θ − 1:  2σσ' = 2c0² sinθ·θ'/cos³θ
+        return self._k * self._c0**2 * torch.sin(self._angle(t)) / (self._cos(t) ** 3 * self.sigma(t))
 
     def t_of_sigma(self, sigma):
-        c = self._c0 / torch.sqrt(1 + _t(sigma) ** 2)  # cos(angle) = √ᾱ·c0
-        return torch.acos(c) * 2 * (1 + self.offset) / math.pi - self.offset
+        # tanθ = √(σ² + sin²θ0)/c0; tan(θ−θ0) in a form without cancellation, then t = (θ−θ0)/θ'
+        sigma = _t(sigma)
+        c0, sn0 = self._c0, math.sin(self._theta0)
+        r = torch.sqrt(sigma**2 + sn0**2)
+        delta = torch.atan2(c0 * sigma**2 / (r + sn0), c0**2 + r * sn0)
+        return delta / self._k
 
 
 @dataclass(repr=False)
