@@ -1,6 +1,6 @@
 """Conventions shared by every part of genspace."""
 
-from genspace.core.denoiser import Denoiser, CountingDenoiser, as_sigma_batch
+from genspace.core.denoiser import BoundDenoiser, CountingDenoiser, Denoiser, as_sigma_batch
 from genspace.core.gmm import GaussianMixture
 from genspace.core.random import (
     Generator,
@@ -14,6 +14,7 @@ from genspace.core.tensor import append_dims
 __all__ = [
     "Denoiser",
     "CountingDenoiser",
+    "BoundDenoiser",
     "as_sigma_batch",
     "GaussianMixture",
     "Generator",

@@ -59,3 +59,19 @@ class CountingDenoiser:
                 f"{bad[:8]} at sigma={sigma.flatten()[:1].tolist()}"
             )
         return out
+
+
+class BoundDenoiser:
+    """A denoiser with fixed conditioning: ``BoundDenoiser(D, class_labels=y)(x, σ) = D(x, σ, class_labels=y)``.
+
+    Keeps the wrapped denoiser's ``process`` (if any) so σ ranges can still be checked.
+    """
+
+    def __init__(self, denoiser: Denoiser, **cond) -> None:
+        self.denoiser = denoiser
+        self.cond = cond
+        if hasattr(denoiser, "process"):
+            self.process = denoiser.process
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **cond) -> torch.Tensor:
+        return self.denoiser(x, sigma, **{**self.cond, **cond})

@@ -1,0 +1,284 @@
+"""The ``genspace`` command: train, sample, eval, demo, methods.
+
+This is the only place that touches global torch state (thread count). Any user error (bad
+config, unknown name, missing file) is printed as one line ``genspace: error: ...`` with exit
+code 2; a diverged training run exits with code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXAMPLES = """\
+examples:
+  genspace demo                                   # ~1 min: train on 8gaussians, figures + metrics in runs/demo
+  genspace train configs/toy-edm.yaml --out runs/edm --train.steps=5000 --model.net.hidden=128
+  genspace train configs/toy-edm.yaml --out runs/edm --resume          # continue from the last checkpoint
+  genspace sample runs/edm --method dpmpp-2m --nfe 10 --n 5000 --seed 1 --out runs/edm/samples
+  genspace eval runs/edm --method heun --nfe 35 --json runs/edm/eval.json
+  genspace methods                                # the samplers, deterministic or stochastic
+  torchrun --nproc_per_node=2 -m genspace.cli train configs/toy-edm.yaml --out runs/ddp
+"""
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genspace",
+        description="Train, sample and evaluate generative models of the genspace design space.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a YAML recipe", epilog="Any --section.key=value after the config overrides the recipe (e.g. --train.lr=3e-4).", formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", help="YAML recipe (see configs/)")
+    t.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def sampling_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a ckpt-* folder")
+        sp.add_argument("--method", default=None, help="sampler (see `genspace methods`); default: the run's sample.method")
+        sp.add_argument("--nfe", type=int, default=None, help="denoiser calls per sample")
+        sp.add_argument("--grid", default=None, help="step grid: karras, log-snr, time-uniform, trailing, flow-shift, optimized")
+        sp.add_argument("--n", type=int, default=None, help="number of samples")
+        sp.add_argument("--seed", type=int, default=None, help="sample i uses seed*1000003+i")
+        sp.add_argument("--class", dest="class_label", type=int, default=None, help="class label (class-conditional models)")
+        sp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (1: none)")
+        sp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+
+    s = sub.add_parser("sample", help="draw samples from a checkpoint (NumPy file + figure)")
+    sampling_args(s)
+    s.add_argument("--out", default=None, help="output folder (default: <run>/samples)")
+    s.add_argument("--png", action="store_true", help="images: also write every sample as a PNG into <out>/png/")
+
+    e = sub.add_parser("eval", help="metrics of a checkpoint against held-out data (table + JSON)")
+    sampling_args(e)
+    e.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    e.add_argument("--bpd", type=int, default=0, metavar="N", help="images: bits/dim of N held-out images through the PF-ODE")
+    e.add_argument("--divergence", choices=["exact", "hutchinson"], default="hutchinson", help="divergence estimator for --bpd")
+
+    d = sub.add_parser("demo", help="train on a built-in 2-D toy for about a minute; figures + metrics")
+    d.add_argument("--out", default="runs/demo", help="run folder")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("methods", help="list the samplers")
+    return p
+
+
+def _split_overrides(rest: Sequence[str]) -> list[str]:
+    out = []
+    for arg in rest:
+        if not arg.startswith("--") or "=" not in arg:
+            raise UserError(f"unrecognized argument {arg!r}; overrides look like --section.key=value")
+        out.append(arg[2:])
+    return out
+
+
+def _sample_config(cfg, args):
+    import dataclasses
+
+    changes = {}
+    for field_name, value in [("method", args.method), ("nfe", args.nfe), ("grid", args.grid), ("n", args.n), ("seed", args.seed), ("guidance", args.guidance)]:
+        if value is not None:
+            changes[field_name] = value
+    if "nfe" in changes and changes["nfe"] < 1:
+        raise UserError(f"--nfe must be >= 1, got {changes['nfe']}")
+    if "n" in changes and changes["n"] < 1:
+        raise UserError(f"--n must be >= 1, got {changes['n']}")
+    return dataclasses.replace(cfg.sample, **changes)
+
+
+def cmd_train(args, rest) -> int:
+    from genspace.experiment import load_config, train
+
+    cfg = load_config(args.config, tuple(_split_overrides(rest)))
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if out.exists() and any(out.glob("ckpt-*")) and not args.resume:
+        raise UserError(f"{out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    result = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    _print_row(result["last_row"])
+    print(f"trained in {result['seconds']:.1f} s; checkpoint: {result['checkpoint']}")
+    return 0
+
+
+def cmd_sample(args, rest) -> int:
+    import numpy as np
+
+    from genspace import figures
+    from genspace.experiment import from_pretrained, load_data, sample_model
+
+    if rest:
+        raise UserError(f"unrecognized arguments: {' '.join(rest)}")
+    model, cfg = from_pretrained(args.checkpoint, ema=not args.no_ema)
+    scfg = _sample_config(cfg, args)
+    out = Path(args.out or Path(args.checkpoint) / "samples")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = load_data(cfg.data)
+    samples = sample_model(model, data.shape, scfg, class_label=args.class_label, progress=True)
+    seconds = time.perf_counter() - start
+    np.save(out / "samples.npy", samples.numpy())
+    if args.png:
+        if data.kind != "images":
+            raise UserError("--png is for image data; this run's data are points")
+        _write_pngs(samples, out / "png", data.n_levels or 256)
+    if data.kind == "points" and data.shape == (2,):
+        fig = figures.samples_vs_data(samples, data.reference, out / "samples.png", title=f"{scfg.method}, {scfg.nfe} NFE")
+    elif data.kind == "images":
+        fig = figures.image_grid(samples[:64], out / "samples.png", title=f"{scfg.method}, {scfg.nfe} NFE")
+    else:
+        fig = None
+    print(f"{len(samples)} samples ({scfg.method}, {scfg.nfe} NFE, seed {scfg.seed}) in {seconds:.1f} s -> {out / 'samples.npy'}" + (f", {fig}" if fig else ""))
+    return 0
+
+
+def cmd_eval(args, rest) -> int:
+    import torch
+
+    from genspace.experiment import bits_per_dim_of, evaluate_samples, from_pretrained, image_classifier, load_data, sample_model, save_json
+
+    if rest:
+        raise UserError(f"unrecognized arguments: {' '.join(rest)}")
+    model, cfg = from_pretrained(args.checkpoint, ema=not args.no_ema)
+    scfg = _sample_config(cfg, args)
+    data = load_data(cfg.data)
+    labels, classifier = None, None
+    if data.kind == "images":
+        classifier = image_classifier(cfg.data, Path(args.checkpoint) / "classifier")
+        if getattr(model, "n_classes", None) and args.class_label is None:
+            labels = torch.arange(scfg.n) % model.n_classes  # every class in turn: class accuracy
+    if args.class_label is not None:
+        labels = torch.full((scfg.n,), args.class_label)
+    samples = sample_model(model, data.shape, scfg, class_label=labels, progress=True)
+    metrics = evaluate_samples(samples, data, classifier=classifier, labels=labels)
+    if args.bpd:
+        metrics.update(bits_per_dim_of(model, data, n=args.bpd, divergence=args.divergence, seed=scfg.seed))
+    print(format_metrics(metrics, title=f"{cfg.name}: {scfg.method}, {scfg.nfe} NFE, n={len(samples)}"))
+    if args.json:
+        save_json({"config": {"method": scfg.method, "nfe": scfg.nfe, "n": len(samples), "seed": scfg.seed}, "metrics": metrics}, args.json)
+    return 0
+
+
+DEMO_RECIPE = Path(__file__).with_name("demo.yaml")
+
+
+def cmd_demo(args, rest) -> int:
+    from genspace import figures
+    from genspace.experiment import evaluate_samples, load_config, sample_model, save_json, train
+
+    overrides = _split_overrides(rest)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = load_config(DEMO_RECIPE, tuple(overrides))
+    out = Path(args.out)
+    if out.exists() and any(out.glob("ckpt-*")):
+        raise UserError(f"{out} already holds a run; remove it or pass --out with a new folder")
+    result = train(cfg, out, progress=not args.no_progress)
+    model, data = result["model"], result["data"]
+    start = time.perf_counter()
+    samples = sample_model(model, data.shape, cfg.sample)
+    sample_seconds = time.perf_counter() - start
+    metrics = evaluate_samples(samples, data)
+    fig_dir = out / "figures"
+    paths = [
+        figures.samples_vs_data(samples, data.reference, fig_dir / "samples.png", title=f"{cfg.name}: {cfg.sample.method}, {cfg.sample.nfe} NFE"),
+        figures.loss_curves(out / "metrics.csv", fig_dir / "loss.png"),
+    ]
+    metrics.update(train_seconds=result["seconds"], sample_seconds=sample_seconds)
+    save_json(metrics, out / "metrics.json")
+    print(format_metrics(metrics, title=f"demo: {cfg.data.name}, {cfg.train.steps} steps, {cfg.sample.method} {cfg.sample.nfe} NFE"))
+    ratio = metrics["energy"] / metrics["energy_floor"] if metrics["energy_floor"] > 0 else float("inf")
+    verdict = "matches the data" if ratio <= 3 else "does NOT yet match the data"
+    print(f"energy distance / floor = {ratio:.2f} (≤ 3 means the samples match the data): {verdict}")
+    print("figures: " + ", ".join(str(p) for p in paths) + f"; metrics: {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_methods(args, rest) -> int:
+    from genspace.sampling import methods
+
+    for name, info in sorted(methods().items()):
+        kind = "stochastic" if info.stochastic else "deterministic"
+        print(f"{name:18s} {kind}")
+    return 0
+
+
+def format_metrics(metrics: dict, *, title: str = "") -> str:
+    """A small Markdown table of metrics, with the floors beside their metrics."""
+    lines = [f"### {title}"] if title else []
+    lines += ["| metric | value | floor | ratio |", "|---|---|---|---|"]
+    for key, value in metrics.items():
+        if key.endswith("_floor") or key.endswith("_se") or key == "logp_data" or key.startswith("kid_std"):
+            continue
+        floor = metrics.get(f"{key}_floor")
+        if key == "logp":
+            lines.append(f"| mean log p(samples) (nats) | {value:.4f} ± {metrics.get('logp_se', 0):.4f} | data: {metrics.get('logp_data', float('nan')):.4f} | |")
+        elif key == "bpd":
+            lines.append(f"| bits/dim ({metrics.get('bpd_estimator')}) | {value:.4f} ± {metrics.get('bpd_se', 0):.4f} | | |")
+        elif key in ("bpd_estimator", "bpd_nfe"):
+            continue
+        elif floor is not None:
+            ratio = value / floor if floor > 0 else float("inf")
+            lines.append(f"| {key} | {value:.3g} | {floor:.3g} | {ratio:.2f} |")
+        else:
+            lines.append(f"| {key} | {value:.4g} | | |" if isinstance(value, (int, float)) else f"| {key} | {value} | | |")
+    return "\n".join(lines)
+
+
+def _write_pngs(samples, folder: Path, n_levels: int) -> None:
+    """Write (N, C, H, W) samples in [−1, 1] as 8-bit PNGs 000000.png, 000001.png, ..."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = ((samples.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
+    for i, img in enumerate(x):
+        arr = img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
+        Image.fromarray(arr).save(folder / f"{i:06d}.png")
+
+
+def _print_row(row: Optional[dict]) -> None:
+    if row:
+        print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        return COMMANDS[args.command](args, rest)
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        from genspace.train import TrainingDivergedError
+
+        print(f"genspace: error: {err}", file=sys.stderr)
+        return 3 if isinstance(err, TrainingDivergedError) else 2
+    except KeyboardInterrupt:
+        print("genspace: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
