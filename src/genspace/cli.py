@@ -273,7 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         from genspace.train import TrainingDivergedError
 
-        print(f"genspace: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # always one line
+        print(f"genspace: error: {message}", file=sys.stderr)
         return 3 if isinstance(err, TrainingDivergedError) else 2
     except KeyboardInterrupt:
         print("genspace: interrupted", file=sys.stderr)

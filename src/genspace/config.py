@@ -466,6 +466,14 @@ def _dump_value(value: Any) -> Any:
     return value
 
 
+def _yaml_problem(err: Exception) -> str:
+    """One line: what the YAML parser found wrong and where (line and column, 1-based)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
 def load_yaml(path: Union[str, os.PathLike], cls: type):
     """Read a YAML file (``yaml.safe_load``) into the dataclass ``cls`` via :func:`from_dict`.
 
@@ -478,7 +486,7 @@ def load_yaml(path: Union[str, os.PathLike], cls: type):
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(path)!r}: invalid YAML: {err}") from None
+        raise ValueError(f"{str(path)!r}: invalid YAML: {_yaml_problem(err)}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
