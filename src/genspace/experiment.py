@@ -396,9 +396,11 @@ def evaluate_samples(samples: torch.Tensor, data: DataBundle, *, classifier=None
     n = min(len(samples), len(data.reference), len(data.heldout))
     s, ref, held = samples[:n].float().flatten(1), data.reference[:n].float().flatten(1), data.heldout[:n].float().flatten(1)
     out: dict[str, float] = {}
+    # V-statistics: non-negative, with a positive floor (the unbiased forms have mean 0 under
+    # the null and can be negative, so "k× the floor" would mean nothing).
     for name, fn in [
-        ("energy", energy_distance),
-        ("mmd", mmd),
+        ("energy", lambda a, b: energy_distance(a, b, unbiased=False)),
+        ("mmd", lambda a, b: mmd(a, b, unbiased=False)),
         ("swd", lambda a, b: sliced_wasserstein(a, b, generator=torch.Generator().manual_seed(0))),
     ]:
         m = metric_with_floor(fn, s, ref, held)
