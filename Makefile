@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/genspace demo --out runs/demo
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
 	bash scripts/install-bench.sh $(BIN)/pip

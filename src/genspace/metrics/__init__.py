@@ -1,6 +1,6 @@
 """Sample metrics (energy distance, MMD, sliced Wasserstein, floors, mean log-density) and image
 metrics in the feature space of a classifier genspace trains itself (Fréchet distance, KID,
-precision/recall, class accuracy)."""
+precision/recall, class accuracy; all of them at once: ``genspace.metrics.image_metrics.image_metrics``)."""
 
 from genspace.metrics.classifier import ClassifierConfig, FeatureClassifier, get_classifier, train_classifier
 from genspace.metrics.image_metrics import (
@@ -9,7 +9,6 @@ from genspace.metrics.image_metrics import (
     class_accuracy,
     fid_with_inception,
     frechet_distance,
-    image_metrics,
     kernel_inception_distance,
     precision_recall,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "precision_recall",
     "PrecisionRecall",
     "class_accuracy",
-    "image_metrics",
     "fid_with_inception",
     "energy_distance",
     "mmd",
