@@ -126,7 +126,9 @@ def loss_curves(csv_path, path, *, keys: Optional[Sequence[str]] = None, smooth:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{csv_path} holds no rows")
-    keys = list(keys or [k for k in rows[0] if k.startswith("loss")])
+    keys = list(keys or [k for k in rows[0] if "loss" in k.split("/")[-1]])
+    if not keys:
+        raise ValueError(f"{csv_path} has no loss columns (columns: {list(rows[0])})")
     fig, axes = _figure(1, 1, size=5.0)
     ax = axes[0, 0]
     for k in keys:

@@ -156,15 +156,20 @@ def _split_options(info: MethodInfo, grid_name: Optional[str], options: dict) ->
     return sampler_opts, grid_opts
 
 
-def _optimized_defaults(grid_opts: dict, denoiser, method: str, x: torch.Tensor) -> None:
+def _optimized_defaults(grid_opts: dict, denoiser, method: str, x: torch.Tensor, sampler_opts: Optional[dict] = None) -> None:
     """Fill what sample() knows for ``optimized_sigmas``: the denoiser, the solver it is tuned
     for (when it supports ``method``), the example shape, and a fixed-seed generator so that
     the grid, hence the samples, are reproducible (the sampling generator is not consumed)."""
     accepted = grid_options("optimized")
     takes = (lambda name: True) if accepted is None else (lambda name: name in accepted)
     grid_opts["denoiser"] = denoiser
-    if takes("method") and method in ("euler", "heun"):
-        grid_opts["method"] = method
+    if takes("method") and "method" not in grid_opts:
+        # the solvers it can tune for (euler, heun, dpm-solver-2, dpmpp-2m, dpmpp-3m, unipc); lazy import
+        tunable = getattr(importlib.import_module("genspace.sampling.optimized_grid"), "METHODS", ())
+        if method in tunable:
+            grid_opts["method"] = method
+            if sampler_opts and "method_options" not in grid_opts and takes("method_options"):
+                grid_opts["method_options"] = dict(sampler_opts)  # tune for the sampler as it will run
     if takes("shape") and "x_init" not in grid_opts and "shape" not in grid_opts:
         grid_opts["shape"] = tuple(x.shape[1:])
     if takes("generator"):
@@ -213,9 +218,11 @@ def sample(
         **options: sampler options (e.g. eta, s_churn, order, rtol) and grid options (e.g. rho,
             shift, process), routed by name; an unknown name raises ValueError. The
             time-uniform and trailing grids take ``process`` from ``denoiser.process`` if not
-            given. The optimized grid is tuned for ``method`` when it is euler or heun (its
-            default solver otherwise), on states of the shape of ``x``, with a fixed seed (0);
-            for full control build it with ``optimized_sigmas`` and pass the tensor as ``grid``.
+            given. The optimized grid is tuned for ``method`` as it will run (with its sampler
+            options) when it is one of euler, heun, dpm-solver-2, dpmpp-2m, dpmpp-3m, unipc
+            (euler otherwise), on states of the shape of ``x``, with a fixed seed (0), so it
+            never sees the sampling noise; ``iterations`` and ``n_samples`` set its effort. For
+            full control build it with ``optimized_sigmas`` and pass the tensor as ``grid``.
 
     Returns:
         (B, ...) samples at the end of the grid, or ``(samples, info)`` with return_info=True.
@@ -267,7 +274,7 @@ def sample(
                 raise ValueError(f"grid {grid_name!r} needs a process: pass process=... or a denoiser with .process")
             grid_opts["process"] = process
         if grid_name == "optimized":
-            _optimized_defaults(grid_opts, denoiser, method, x)
+            _optimized_defaults(grid_opts, denoiser, method, x, sampler_opts)
         sigmas = get_grid(grid_name, n_steps, sigma_min, sigma_max, **grid_opts)
     elif torch.is_tensor(grid):
         sigmas = _check_explicit_grid(grid, sigma_min, sigma_max)

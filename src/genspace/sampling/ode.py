@@ -308,9 +308,30 @@ def _unipc_weights(rs: Sequence[float], h: float, variant: str) -> tuple[list[fl
         # one node: a_1 = 1/2, the h → 0 limit of g_1 for either B(h) (Zhao et al.'s choice for
         # UniP-2 and UniC-1). With more nodes the exact solve makes B(h)·a independent of B(h).
         return [0.5], b_h
-    rmat = torch.tensor([[r ** (k - 1) for r in rs] for k in range(1, p + 1)], dtype=torch.float64)
-    g = torch.tensor([math.factorial(k) * phi(h, k) / (h**k * b_h) for k in range(1, p + 1)], dtype=torch.float64)
-    return torch.linalg.solve(rmat, g).tolist(), b_h
+    rmat = [[r ** (k - 1) for r in rs] for k in range(1, p + 1)]
+    g = [math.factorial(k) * phi(h, k) / (h**k * b_h) for k in range(1, p + 1)]
+    return _solve_small(rmat, g), b_h
+
+
+def _solve_small(a: list[list[float]], b: list[float]) -> list[float]:
+    """Solve a·x = b for a tiny (P ≤ 4) dense system in Python floats.
+
+    Gaussian elimination with partial pivoting (the LU factorization LAPACK's gesv uses), without
+    the per-step cost of building tensors. Returns x as a list of floats.
+    """
+    p = len(b)
+    m = [list(row) + [rhs] for row, rhs in zip(a, b)]  # augmented matrix (P, P + 1)
+    for col in range(p):
+        pivot = max(range(col, p), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, p):
+            f = m[r][col] / m[col][col]
+            for c in range(col, p + 1):
+                m[r][c] -= f * m[col][c]
+    out = [0.0] * p
+    for r in reversed(range(p)):
+        out[r] = (m[r][p] - sum(m[r][c] * out[c] for c in range(r + 1, p))) / m[r][r]
+    return out
 
 
 def _unipc_update(x, ratio, h, base, diffs, rs, variant):
