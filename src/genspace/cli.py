@@ -179,6 +179,12 @@ def cmd_demo(args, rest) -> int:
     from genspace import figures
     from genspace.experiment import evaluate_samples, load_config, sample_model, save_json, train
 
+    if args.threads is None:
+        import torch
+
+        # The demo's MLP is too small to gain from a second thread, and on a machine with any other
+        # load two OpenMP threads spin against each other (measured: 7× slower): use one.
+        torch.set_num_threads(1)
     overrides = _split_overrides(rest)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
