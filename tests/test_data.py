@@ -20,6 +20,7 @@ from genspace.data import (
     CIFAR10_CLASSES,
     DIGITS_LEVELS,
     dequantize,
+    dequantize_centered,
     load_cifar10,
     load_digits,
     load_idx,
@@ -565,6 +566,24 @@ def test_dequantize_noise_is_uniform_within_bins():
     u = (y + 1) * 128 - x.double()  # the uniform offset inside the bin
     assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-4
     assert torch.equal(dequantize(x, 256, generator=gen(1)), dequantize(x, 256, generator=gen(1)))
+
+
+@pytest.mark.parametrize("n_levels", [2, 17, 256])
+def test_dequantize_centered_bins_tile_the_training_grid(n_levels):
+    from genspace.continuous.likelihood import bits_per_dim
+
+    x = torch.randint(0, n_levels, (5000,), generator=gen(3))
+    y = dequantize_centered(x, n_levels, generator=gen(4))
+    delta = 2.0 / (n_levels - 1)
+    centre = to_unit_range(x, n_levels, dtype=torch.float64)
+    offset = (y - centre) / delta  # uniform in [−½, ½): the bin is centred on the training value
+    assert (offset >= -0.5).all() and (offset < 0.5).all()
+    assert stats.kstest((offset + 0.5).numpy(), "uniform").pvalue > 1e-4
+    assert torch.equal(torch.round((y + 1) * (n_levels - 1) / 2).long(), x)
+    # the density uniform on the tiled interval [−1 − Δ/2, 1 + Δ/2) scores exactly log2 L bits/dim
+    width = n_levels * delta
+    log_p = torch.full((3,), -4 * math.log(width), dtype=torch.float64)  # D = 4
+    assert torch.allclose(bits_per_dim(log_p, 4, n_levels=n_levels, data_range=width), torch.full((3,), math.log2(n_levels), dtype=torch.float64))
 
 
 def test_scaling_errors():

@@ -165,6 +165,9 @@ def test_bits_per_dim_uniform_density_gives_n_bits():
     assert torch.allclose(bits_per_dim(log_p, d, n_bits=None), torch.ones(3, dtype=F64), atol=1e-12)
     # uniform on [0, 1]^D has log p = 0 → n_bits bits/dim
     assert abs(bits_per_dim(0.0, d, n_bits=5, data_range=1.0) - 5.0) < 1e-12
+    # any number of levels (scikit-learn's digits: 17): the uniform density scores log2(17)
+    assert torch.allclose(bits_per_dim(log_p, d, n_levels=17), torch.full((3,), math.log2(17), dtype=F64), atol=1e-12)
+    assert torch.allclose(bits_per_dim(log_p, d, n_levels=256), bits_per_dim(log_p, d, n_bits=8), atol=1e-12)
 
 
 def test_bits_per_dim_matches_discrete_probability_of_a_fine_bin():
@@ -212,5 +215,7 @@ def test_bad_inputs():
         bits_per_dim(0.0, 0)
     with pytest.raises(ValueError, match="n_bits"):
         bits_per_dim(0.0, 2, n_bits=0)
+    with pytest.raises(ValueError, match="n_levels"):
+        bits_per_dim(0.0, 2, n_levels=1)
     with pytest.raises(ValueError, match="data_range"):
         nats_per_dim(0.0, 2, data_range=-1.0)

@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     e.add_argument("--bpd", type=int, default=0, metavar="N", help="images: bits/dim of N held-out images through the PF-ODE")
     e.add_argument("--divergence", choices=["exact", "hutchinson"], default="hutchinson", help="divergence estimator for --bpd")
+    e.add_argument("--fid", action="store_true", help="images: also the standard Inception FID through torch-fidelity or clean-fid, if the package and its weights are on disk (nothing is downloaded)")
+    e.add_argument("--fid-weights", default=None, help="torch-fidelity's Inception weights file (default: its file under $TORCH_HOME/hub/checkpoints)")
 
     d = sub.add_parser("demo", help="train on a built-in 2-D toy for about a minute; figures + metrics")
     d.add_argument("--out", default="runs/demo", help="run folder")
@@ -162,8 +164,19 @@ def cmd_eval(args, rest) -> int:
             labels = torch.arange(scfg.n) % model.n_classes  # every class in turn: class accuracy
     if args.class_label is not None:
         labels = torch.full((scfg.n,), args.class_label)
+    if args.fid and data.kind != "images":
+        raise UserError("--fid is for image data; this run's data are points")
+    if args.fid:  # fail before sampling when no Inception backend is usable: say what is missing
+        from genspace.metrics.image_metrics import _select_backend
+
+        _select_backend(["torch-fidelity", "clean-fid"], args.fid_weights)
     samples = sample_model(model, data.shape, scfg, class_label=labels, progress=True)
     metrics = evaluate_samples(samples, data, classifier=classifier, labels=labels)
+    if args.fid:
+        from genspace.metrics.image_metrics import fid_with_inception
+
+        real = torch.cat([data.reference, data.heldout])
+        metrics["fid_inception"] = fid_with_inception(samples, real, weights_path=args.fid_weights)
     if args.bpd:
         metrics.update(bits_per_dim_of(model, data, n=args.bpd, divergence=args.divergence, seed=scfg.seed))
     print(format_metrics(metrics, title=f"{cfg.name}: {scfg.method}, {scfg.nfe} NFE, n={len(samples)}"))

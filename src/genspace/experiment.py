@@ -434,18 +434,24 @@ def image_classifier(data_cfg: DataConfig, cache_dir: Union[str, Path]):
 def bits_per_dim_of(model: nn.Module, data: DataBundle, *, n: int = 64, divergence: str = "hutchinson", n_probes: int = 1, seed: int = 0, rtol: float = 1e-5, atol: float = 1e-5) -> dict[str, float]:
     """Bits/dim of held-out images through the PF-ODE, on uniformly dequantized data.
 
-    log P(k) ≥ E_u log p(y) + D·log(2/L) for y = dequantize(k) (Theis et al. 2016); the ODE's
-    log p is that of the model at σ_min (continuous/likelihood.py). Returns the mean and its
-    standard error over the ``n`` images, with the estimator's label.
+    The model is trained on the grid x_k = 2k/(L−1) − 1 (:func:`genspace.data.to_unit_range`);
+    each level owns the bin of width Δ = 2/(L−1) centred on it (DDPM's convention,
+    :func:`genspace.data.dequantize_centered`), and log P(k) ≥ E_u log p(y) + D·log Δ for
+    y = x_k + Δ(u − ½) (Theis et al. 2016). The ODE's log p is that of the model at σ_min
+    (continuous/likelihood.py). Returns the mean and its standard error over the ``n`` images,
+    the NFE and the estimator's label.
     """
     from genspace.continuous.likelihood import bits_per_dim, log_likelihood
-    from genspace.data import dequantize, to_uint8
+    from genspace.data import dequantize_centered, to_uint8
 
     if data.kind != "images" or data.n_levels is None:
         raise ValueError("bits/dim needs quantized image data (digits, mnist, cifar10, folder)")
+    if n < 1:
+        raise ValueError(f"bits/dim needs n >= 1 images, got {n}")
     g = torch.Generator().manual_seed(seed)
-    k = to_uint8(data.heldout[:n], data.n_levels)
-    y = dequantize(k, data.n_levels, generator=g, dtype=torch.float64)
+    levels = data.n_levels
+    k = to_uint8(data.heldout[:n], levels)
+    y = dequantize_centered(k, levels, generator=g, dtype=torch.float64)
     lo, hi = model.sigma_range()
     denoiser = model.denoiser
     cond = {"class_labels": torch.full((len(y),), model.n_classes, dtype=torch.long)} if getattr(model, "n_classes", None) else {}
@@ -455,8 +461,9 @@ def bits_per_dim_of(model: nn.Module, data: DataBundle, *, n: int = 64, divergen
     finally:
         model.float()
     dim = int(math.prod(data.shape))
-    bpd = bits_per_dim(res.log_prob, dim, n_bits=math.log2(data.n_levels), data_range=2.0)
-    return {"bpd": float(bpd.mean()), "bpd_se": float(bpd.std() / math.sqrt(len(bpd))), "bpd_nfe": float(res.nfe), "bpd_estimator": res.estimator}
+    bpd = bits_per_dim(res.log_prob, dim, n_levels=levels, data_range=2.0 * levels / (levels - 1))
+    se = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
+    return {"bpd": float(bpd.mean()), "bpd_se": se, "bpd_nfe": float(res.nfe), "bpd_estimator": res.estimator}
 
 
 # ----------------------------------------------------------------------------- train / load

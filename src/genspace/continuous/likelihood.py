@@ -232,31 +232,38 @@ def log_likelihood(
 
 
 # ---------------------------------------------------------------------------------- units
-def nats_per_dim(log_prob_nats, dim: int, *, n_bits: Optional[int] = 8, data_range: float = 2.0):
+def nats_per_dim(log_prob_nats, dim: int, *, n_bits: Optional[int] = 8, data_range: float = 2.0, n_levels: Optional[int] = None):
     """Negative log-likelihood per dimension in nats, with the discretization term.
 
-    Data with 2^n_bits levels scaled to an interval of length ``data_range`` (e.g. {0,…,255} →
+    Data with L levels (L = 2^n_bits, or ``n_levels`` for data such as the 17 grey levels of
+    scikit-learn's digits) scaled to an interval of length ``data_range`` (e.g. {0,…,255} →
     [−1, 1]: Δ = 2/256) and uniformly dequantized has a discrete probability
     P(x) = ∫_bin p ≈ p(x)·Δ^D, so −log P(x)/D = −(log p(x) + D·log Δ)/D with
-    Δ = data_range / 2^n_bits. ``n_bits=None`` gives the continuous −log p(x)/D.
+    Δ = data_range / L. ``n_bits=None`` (and no ``n_levels``) gives the continuous −log p(x)/D.
     """
     if int(dim) != dim or dim < 1:
         raise ValueError(f"dim must be an integer >= 1, got {dim}")
     nll = -log_prob_nats / dim
-    if n_bits is None:
+    if n_levels is not None:
+        if isinstance(n_levels, bool) or int(n_levels) != n_levels or n_levels < 2:
+            raise ValueError(f"n_levels must be an integer >= 2, got {n_levels}")
+        log_levels = math.log(int(n_levels))
+    elif n_bits is None:
         return nll
-    if int(n_bits) != n_bits or n_bits < 1:
-        raise ValueError(f"n_bits must be an integer >= 1 or None, got {n_bits}")
+    else:
+        if int(n_bits) != n_bits or n_bits < 1:
+            raise ValueError(f"n_bits must be an integer >= 1 or None, got {n_bits}")
+        log_levels = n_bits * math.log(2.0)
     if not (math.isfinite(data_range) and data_range > 0):
         raise ValueError(f"data_range must be a finite number > 0, got {data_range}")
-    log_delta = math.log(data_range) - n_bits * math.log(2.0)
+    log_delta = math.log(data_range) - log_levels
     return nll - log_delta
 
 
-def bits_per_dim(log_prob_nats, dim: int, *, n_bits: Optional[int] = 8, data_range: float = 2.0):
-    """Bits per dimension: −log₂ P(x)/D = −(log p(x) + D·log Δ)/(D·ln 2), Δ = data_range/2^n_bits.
+def bits_per_dim(log_prob_nats, dim: int, *, n_bits: Optional[int] = 8, data_range: float = 2.0, n_levels: Optional[int] = None):
+    """Bits per dimension: −log₂ P(x)/D = −(log p(x) + D·log Δ)/(D·ln 2), Δ = data_range/L.
 
-    Equivalently bpd = −log p(x)/(D ln 2) + n_bits − log₂(data_range); a density uniform on the
-    data interval scores exactly n_bits. See :func:`nats_per_dim`.
+    Equivalently bpd = −log p(x)/(D ln 2) + log₂ L − log₂(data_range); a density uniform on the
+    data interval scores exactly log₂ L (n_bits for L = 2^n_bits). See :func:`nats_per_dim`.
     """
-    return nats_per_dim(log_prob_nats, dim, n_bits=n_bits, data_range=data_range) / math.log(2.0)
+    return nats_per_dim(log_prob_nats, dim, n_bits=n_bits, data_range=data_range, n_levels=n_levels) / math.log(2.0)

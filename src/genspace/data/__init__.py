@@ -12,6 +12,7 @@ from genspace.data.images import (
     DIGITS_LEVELS,
     ImageData,
     dequantize,
+    dequantize_centered,
     load_cifar10,
     load_digits,
     load_idx,
@@ -62,5 +63,6 @@ __all__ = [
     "load_numpy",
     "to_unit_range",
     "dequantize",
+    "dequantize_centered",
     "to_uint8",
 ]

@@ -50,6 +50,7 @@ __all__ = [
     "load_numpy",
     "to_unit_range",
     "dequantize",
+    "dequantize_centered",
     "to_uint8",
 ]
 
@@ -146,6 +147,40 @@ def dequantize(
         raise ValueError(f"dequantize: dtype must be torch.float32 or torch.float64, got {dtype}")
     u = rand(tuple(x.shape), generator=generator, dtype=torch.float64, device=x.device)
     return _dequantize_with(x, u, n_levels, dtype)
+
+
+def dequantize_centered(
+    x: torch.Tensor, n_levels: int = 256, generator: Generator = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Uniform dequantization in bins centred on the training grid of :func:`to_unit_range`.
+
+    Level k sits at x_k = 2k/(L−1) − 1; its bin is [x_k − Δ/2, x_k + Δ/2) with Δ = 2/(L−1), the
+    convention of DDPM's discretized decoder (Ho et al. 2020, eq. 13, bins of width 2/255 around
+    each pixel value). y = x_k + Δ(u − ½), u ~ U[0, 1)^D, so for a density p,
+    log P(k) ≥ E_u[log p(y)] + D·log Δ (Theis et al. 2016, §3.1). The bins tile the interval
+    [−1 − Δ/2, 1 + Δ/2) of length L·Δ = 2L/(L−1): pass ``data_range=2L/(L−1)`` and
+    ``n_levels=L`` to :func:`genspace.continuous.likelihood.bits_per_dim`.
+
+    This is the dequantization for scoring a model trained on :func:`to_unit_range` data (the
+    bins of :func:`dequantize` put the extreme levels ±1 on a bin edge, where such a model's
+    density falls off). :func:`to_uint8` does not invert it; ``round((y + 1)(L − 1)/2)`` does.
+
+    Args:
+        x: integer levels in 0..L−1, shape (B, ...).
+        n_levels: number of levels L.
+        generator: source of the uniforms (None, torch.Generator or StackedGenerator).
+        dtype: torch.float32 or torch.float64.
+
+    Returns:
+        tensor of the shape of ``x``, values in [−1 − Δ/2, 1 + Δ/2).
+    """
+    n_levels = _check_levels(n_levels)
+    _check_integer_levels(x, n_levels, "dequantize_centered")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dequantize_centered: dtype must be torch.float32 or torch.float64, got {dtype}")
+    u = rand(tuple(x.shape), generator=generator, dtype=torch.float64, device=x.device)
+    delta = 2.0 / (n_levels - 1)
+    return (x.to(torch.float64) * delta - 1.0 + delta * (u - 0.5)).to(dtype)
 
 
 def _dequantize_with(x: torch.Tensor, u: torch.Tensor, n_levels: int, dtype: torch.dtype) -> torch.Tensor:
