@@ -20,13 +20,13 @@ per epoch), the same number of torch threads.
   MSE) trained by genspace's ``Trainer`` with its default EMA (EDM half-life form, 10 kimg, ramp-up
   0.05); sampled by ``model.sample`` with DPM-Solver++(2M) at 20 NFE on the time-uniform grid of
   the flow process (``--flow-method``, ``--flow-nfe``, ``--flow-grid``), over the model's default
-  σ range [0.002, 9999] (t ∈ [0.002, 0.9999]).
-  Not Heun: over the flow's σ range a 10-step grid takes steps across orders of magnitude of σ
-  (time-uniform: 9999 → 8 first; Karras: 9999 → 4826 → … → 2.6 → 0.18), where the σ-space
-  trapezoidal rule is far off (error ~ Δσ·|Δd|/2 with d = (x − D)/σ), and genspace's Heun at ≤ 20
-  NFE scores ED/floor in the hundreds to thousands on these models. A second-order step in t (the
-  peers' midpoint) is fine, and Euler in σ is exactly Euler in t. The "sampler check" line under
-  each table shows this on the final model.
+  σ range ([0.002, 80] for flow, i.e. t ∈ [0.002, 0.988]). On these models that route scores like
+  the peers' midpoint-in-t sampler applied to the same network; Heun on the time-uniform grid
+  scores a little worse and Heun on the Karras grid (``model.sample``'s default grid) 2–5× worse.
+  Over the flow process's whole σ range [0.002, 9999] (the default range of earlier genspace
+  versions), σ-space steps span orders of magnitude (time-uniform: 9999 → 8 first), where the
+  trapezoidal rule of Heun is far off (error ~ Δσ·|Δd|/2, d = (x − D)/σ): ED/floor in the hundreds
+  to thousands. The "sampler check" line under each table shows these routes on the final model.
 - genspace EDM: ``DiffusionModel(net, "edm", "edm", "edm", sigma_data=1.0)`` (EDM preconditioning,
   log-normal σ, λ(σ) weighting; σ_data = 1 because the toys are scaled to unit variance),
   Trainer + EMA as above; sampled with DPM-Solver++(2M), Karras ρ = 7 grid σ ∈ [0.002, 80], 20 NFE
@@ -259,13 +259,17 @@ GENSPACE = {
     "genspace EDM": ("edm", "edm", "edm", "edm_method", "edm_nfe", None),
 }
 
-# samplers tried once on the final EMA flow model (off the clock), against the default route
+# samplers tried once on the final EMA flow model (off the clock): (method, grid, σ range), the
+# range "default" being DiffusionModel.sample's ([0.002, 80] for flow) and "process" the flow
+# process's whole range [0.002, 9999] (t up to 0.9999)
 FLOW_SAMPLER_CHECK = (
-    ("heun", None, None),  # DiffusionModel.sample's defaults: Karras grid, σ ∈ [0.002, 9999]
-    ("heun", "time-uniform", None),
-    ("heun", "time-uniform", 80.0),
-    ("euler", "time-uniform", None),
-    ("dpmpp-2m", "time-uniform", None),
+    ("heun", "karras", "default"),  # DiffusionModel.sample's default method and grid
+    ("heun", "karras", "process"),
+    ("heun", "time-uniform", "default"),
+    ("heun", "time-uniform", "process"),
+    ("euler", "time-uniform", "default"),
+    ("dpmpp-2m", "time-uniform", "default"),
+    ("dpmpp-2m", "time-uniform", "process"),
 )
 
 
@@ -297,12 +301,12 @@ def run_genspace(
         rows.append(Row(f"{label} (raw weights)", "genspace", rows[0].sampler, ema=False))
     holder: dict = {}
 
-    def draw(m: DiffusionModel) -> tuple[torch.Tensor, int]:
+    def draw(m: DiffusionModel) -> tuple[torch.Tensor, str]:
         out, info = m.sample(
             problem.noise.shape[0], shape=(2,), generator=torch.Generator().manual_seed(SAMPLING_SEED),
             method=method, nfe=nfe, grid=grid, return_info=True,
         )
-        return out, info["nfe"]
+        return out, f"σ_max {float(info['sigmas'][0]):g}, {info['nfe']} NFE"
 
     def evaluate(ema_model: nn.Module, step: int) -> dict:
         clock.pause()
@@ -312,7 +316,7 @@ def run_genspace(
             samples, used = draw(m)
             ed = problem.score(samples)
             row.add(step, clock, ed, problem.floor)
-            row.sampler = f"{method} {grid_label}, {used} NFE"
+            row.sampler = f"{method} {grid_label}, {used}"
             out[f"ed_{'ema' if row.ema else 'raw'}"] = ed
         clock.resume()
         return out
@@ -331,13 +335,14 @@ def run_genspace(
 def sampler_check(model: DiffusionModel, problem: Problem, nfe: int) -> list[dict]:
     """ED/floor of the final model under each sampler of FLOW_SAMPLER_CHECK (same noise, ≤ nfe)."""
     out = []
-    for method, grid, sigma_max in FLOW_SAMPLER_CHECK:
+    for method, grid, span in FLOW_SAMPLER_CHECK:
+        sigma_max = model.process.sigma_max if span == "process" else None
         samples, info = model.sample(
             problem.noise.shape[0], shape=(2,), generator=torch.Generator().manual_seed(SAMPLING_SEED),
             method=method, nfe=nfe, grid=grid, sigma_max=sigma_max, return_info=True,
         )
         out.append({
-            "method": method, "grid": grid or "karras", "sigma_max": float(info["sigmas"][0]),
+            "method": method, "grid": grid, "sigma_max": float(info["sigmas"][0]),
             "nfe": info["nfe"], "ratio": problem.score(samples) / problem.floor,
         })
     return out
