@@ -342,3 +342,19 @@ def test_param_count_and_matched_small_nets():
     assert abs(nu - nd) / max(nu, nd) < 0.15
     x = torch.randn(2, 1, 8, 8)
     assert unet(x, torch.zeros(2)).shape == dit(x, torch.zeros(2)).shape == x.shape
+
+
+@pytest.mark.parametrize("dim", [1, 3, 7])
+@pytest.mark.parametrize("time_embedding", ["fourier", "sinusoidal"])
+def test_time_mlp_odd_dims_zero_init_and_labels(dim, time_embedding):
+    from genspace.nets import TimeMLP
+
+    g = torch.Generator().manual_seed(0)
+    net = TimeMLP(dim, 16, 2, time_embedding, 16, n_classes=N_CLASSES)
+    x, t = torch.randn(3, dim, generator=g), torch.rand(3, generator=g)
+    y, null = torch.tensor([0, 1, 2]), torch.full((3,), N_CLASSES)
+    out = net(x, t, class_labels=y)
+    assert out.shape == (3, dim) and torch.equal(out, torch.zeros_like(x))
+    assert torch.equal(out, net(x, t, class_labels=null))  # no label path at init
+    perturb(net)
+    assert (net(x, t, class_labels=y) - net(x, t, class_labels=null)).abs().max() > 1e-3
