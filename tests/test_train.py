@@ -480,6 +480,23 @@ def test_warmup_lr_and_gradient_clipping(tmp_path):
         assert norm == pytest.approx(0.5, rel=1e-5)  # ... and the optimizer sees it clipped to 0.5
 
 
+def test_max_seconds_stops_early_with_a_final_checkpoint(tmp_path):
+    x = _randn((64, 2), 3)
+    model = TwoPhaseToy(critic_repeat=1, sleep=0.01)  # ≥ 20 ms per step: 1000 steps would take 20 s
+    config = TrainConfig(steps=1000, batch_size=8, log_every=5, ckpt_every=None, max_seconds=0.3, ema=EMAConfig(kind="off"))
+    trainer = Trainer(model, (x,), config, tmp_path, progress=False, tensorboard=False)
+    start = time.perf_counter()
+    trainer.fit()
+    assert time.perf_counter() - start < 5.0
+    ckpt = latest_checkpoint(tmp_path)
+    steps = int(ckpt.name.split("-")[1])
+    assert 1 <= steps < 1000 and len(model.calls) == 2 * steps  # stopped after a whole step
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert rows[-1]["step"] == steps  # the last row is the final step, as at `steps`
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainConfig(max_seconds=0)
+
+
 # ----------------------------------------------------------------------------- (h) phases
 
 

@@ -99,6 +99,16 @@ def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
     return [o.to(t.device) for o in out]
 
 
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (so that all ranks stop at the same step)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    t = t.to(_comm_device(t))
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
 def destroy() -> None:
     """Leave the process group (call at the end of a torchrun script)."""
     if is_initialized():

@@ -63,6 +63,7 @@ class TrainConfig:
     sample_every: Optional[int] = None  # steps between make_figures() calls (always at the end); None: end only
     ckpt_every: Optional[int] = 1000  # steps between checkpoints (always at the end); None: end only
     keep_last: Optional[int] = 3  # newest checkpoints kept on disk; None: all
+    max_seconds: Optional[float] = None  # wall-clock budget: stop after the step that exceeds it (final log/eval/checkpoint as at `steps`); None: off
 
     def __post_init__(self) -> None:
         if isinstance(self.ema, Mapping):
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float)) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a number > 0 or None, got {self.max_seconds!r}")
 
 
 def _check_int(name: str, value, *, optional: bool) -> None:
@@ -366,6 +369,8 @@ class Trainer:
         self.model.train()
         last_row: dict[str, float] = {}
         t_last, step_last = time.perf_counter(), self.step
+        # A time budget ends the run like reaching `steps` (on every rank: rank 0 decides).
+        deadline = None if cfg.max_seconds is None else time.perf_counter() + cfg.max_seconds
         try:
             while self.step < cfg.steps:
                 k = self.step + 1
@@ -378,7 +383,7 @@ class Trainer:
                 self.step = k
                 pbar.update(1)
 
-                final = k == cfg.steps
+                final = k == cfg.steps or (deadline is not None and gdist.broadcast_flag(time.perf_counter() >= deadline))
                 do_log = k % cfg.log_every == 0 or final
                 do_eval = self.evaluate is not None and (final or _every(k, cfg.eval_every))
                 do_figs = self.make_figures is not None and (final or _every(k, cfg.sample_every))
@@ -403,6 +408,8 @@ class Trainer:
                     self._call_figures(k)
                 if do_ckpt:
                     self._save(k)
+                if final:
+                    break
         finally:
             pbar.close()
             logger.close()
