@@ -1,4 +1,4 @@
-"""The ``genspace`` command: train, sample, eval, demo, methods.
+"""The ``genspace`` command: train, sample, eval, demo, compare, methods.
 
 This is the only place that touches global torch state (thread count). Any user error (bad
 config, unknown name, missing file) is printed as one line ``genspace: error: ...`` with exit
@@ -22,6 +22,7 @@ examples:
   genspace train configs/toy-edm.yaml --out runs/edm --resume          # continue from the last checkpoint
   genspace sample runs/edm --method dpmpp-2m --nfe 10 --n 5000 --seed 1 --out runs/edm/samples
   genspace eval runs/edm --method heun --nfe 35 --json runs/edm/eval.json
+  genspace compare configs/compare-toys.yaml      # several families on one toy: one table, one figure
   genspace methods                                # the samplers, deterministic or stochastic
   torchrun --nproc_per_node=2 -m genspace.cli train configs/toy-edm.yaml --out runs/ddp
 """
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="run folder")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo recipe's)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("compare", help="train several model families on the same data; one table + one figure", epilog="Any --section.key=value after the recipe overrides it (e.g. --train.steps=500).", formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("config", help="comparison recipe (see configs/compare-*.yaml)")
+    c.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
+    c.add_argument("--progress", action="store_true", help="progress bars while training")
 
     sub.add_parser("methods", help="list the samplers")
     return p
@@ -226,6 +232,19 @@ def cmd_demo(args, rest) -> int:
     return 0
 
 
+def cmd_compare(args, rest) -> int:
+    from genspace.compare import load_compare_config, run_compare
+
+    cfg = load_compare_config(args.config, tuple(_split_overrides(rest)))
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    if out.exists() and any(out.glob("*/ckpt-*")):
+        raise UserError(f"{out} already holds a comparison; remove it or pass --out with a new folder")
+    result = run_compare(cfg, out, progress=args.progress, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(result["table"])
+    print(f"\nfigure: {result['figure']}; table: {out / 'compare.md'}; all numbers: {out / 'compare.json'}")
+    return 0
+
+
 def cmd_methods(args, rest) -> int:
     from genspace.sampling import methods
 
@@ -274,7 +293,7 @@ def _print_row(row: Optional[dict]) -> None:
         print(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "methods": cmd_methods}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "demo": cmd_demo, "compare": cmd_compare, "methods": cmd_methods}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -117,6 +117,22 @@ def image_grid(images, path, *, nrow: Optional[int] = None, value_range=(-1.0, 1
     return _save(fig, path)
 
 
+def tile_images(images, *, nrow: Optional[int] = None, pad: int = 1, value_range=(-1.0, 1.0)) -> np.ndarray:
+    """(N, C, H, W) images → one (rows·(H+pad), cols·(W+pad)[, 3]) array for ``imshow``, padded
+    with the low end of ``value_range`` (C = 1: a 2-D array; C = 3: channels last)."""
+    x = _np(images)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"tile_images needs (N, C, H, W) with C in (1, 3), got {x.shape}")
+    n, c, h, w = x.shape
+    nrow = nrow or int(math.ceil(math.sqrt(n)))
+    ncol = int(math.ceil(n / nrow))
+    out = np.full((c, nrow * (h + pad) - pad, ncol * (w + pad) - pad), value_range[0], dtype=np.float64)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        out[:, r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = x[i]
+    return out[0] if c == 1 else out.transpose(1, 2, 0)
+
+
 def loss_curves(csv_path, path, *, keys: Optional[Sequence[str]] = None, smooth: int = 20) -> Path:
     """Plot the training curves logged to ``metrics.csv`` by the trainer (moving average of ``smooth``)."""
     csv_path = Path(csv_path)
