@@ -1,0 +1,188 @@
+"""AR and block-diffusion decoding with the KV cache: exactness, conditionals, call counts, stopping."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from genspace.core.random import StackedGenerator
+from genspace.discrete.block import reveal_step, sample_ar, sample_block_diffusion
+from genspace.discrete.categorical import sample_categorical
+from genspace.nets.transformer import Transformer, TransformerConfig
+
+K = 5
+MASK = K
+V = K + 1
+
+
+def make_net(time_conditioning=False, seed=0, std=0.15):
+    torch.manual_seed(seed)
+    net = Transformer(TransformerConfig(vocab_size=V, dim=32, depth=2, n_heads=4, time_conditioning=time_conditioning))
+    net = net.double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return net.eval()
+
+
+class Recorder(torch.nn.Module):
+    """Counts the network calls and records (cached length, tokens fed) of each."""
+
+    def __init__(self, net, bias=None):
+        super().__init__()
+        self.net, self.config, self.embed = net, net.config, net.embed
+        self.calls = []
+        self.bias = bias
+
+    def new_cache(self, capacity=0):
+        return self.net.new_cache(capacity)
+
+    def forward(self, tokens, t=None, **kw):
+        cache = kw.get("cache")
+        self.calls.append((0 if cache is None else len(cache), tokens.shape[1]))
+        out = self.net(tokens, t, **kw)
+        return out if self.bias is None else out + self.bias
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# AR
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_ar_cache_gives_identical_tokens(time_conditioning):
+    net = make_net(time_conditioning)
+    prompt = torch.tensor([1, 3])
+    a, ia = sample_ar(net, 4, 12, start_id=MASK, generator=StackedGenerator(range(4)), prompt=prompt, use_cache=True)
+    b, ib = sample_ar(net, 4, 12, start_id=MASK, generator=StackedGenerator(range(4)), prompt=prompt, use_cache=False)
+    assert torch.equal(a, b)
+    assert (a[:, :2] == prompt).all() and (a != MASK).all()
+    assert ia["nfe"] == ib["nfe"] == 10
+    assert ia["tokens_processed"] == 12  # start + prompt, then one token per call
+    assert ib["tokens_processed"] == sum(range(3, 13))
+    # per-sequence seeds: a sequence does not depend on the batch it is drawn in
+    c, _ = sample_ar(net, 1, 12, start_id=MASK, generator=StackedGenerator([2]), prompt=prompt)
+    assert torch.equal(c[0], a[2])
+
+
+def test_ar_samples_follow_the_model_distribution():
+    """Empirical frequencies of all K² sequences of length 2 against the model's chain rule."""
+    net = make_net(seed=1, std=0.3)
+    n = 6000
+    x, _ = sample_ar(net, n, 2, start_id=MASK, generator=gen(0))
+    with torch.no_grad():
+        first = net(torch.tensor([[MASK]]), attn_mask="causal")[0, -1]
+        first[MASK] = float("-inf")
+        p1 = torch.softmax(first, -1)
+        seqs = torch.tensor(list(itertools.product(range(K), repeat=2)))
+        second = net(torch.cat([torch.full((K * K, 1), MASK), seqs[:, :1]], 1), attn_mask="causal")[:, -1]
+        second[:, MASK] = float("-inf")
+        p = p1[seqs[:, 0]] * torch.softmax(second, -1).gather(1, seqs[:, 1:])[:, 0]  # (K²,)
+    counts = torch.stack([((x == s).all(1)).sum() for s in seqs]).double()
+    chi2 = float(((counts - n * p) ** 2 / (n * p)).sum())
+    assert chi2 < 24 + 5 * math.sqrt(2 * 24)  # 24 degrees of freedom
+
+
+# ----------------------------------------------------------------------------------------------
+# block diffusion
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_block_diffusion_cache_gives_identical_tokens(time_conditioning):
+    net = make_net(time_conditioning, seed=2)
+    kw = dict(mask_id=MASK, steps_per_block=5, prompt=torch.tensor([[4, 0, 2, 1, 3]] * 3), schedule="cosine")
+    a, ia = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=True, **kw)
+    b, ib = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=False, **kw)
+    assert torch.equal(a, b)
+    assert (a[:, :5] == kw["prompt"]).all() and (a != MASK).all()  # 14 = 3 blocks + a short one, prompt mid-block
+    assert ia["nfe"] == ib["nfe"] and ia["blocks"] == 3  # block 0 is all prompt: not sampled
+    assert ia["tokens_processed"] < ib["tokens_processed"]
+
+
+def test_cached_block_sampler_never_reruns_finished_blocks():
+    bs, length, steps = 4, 16, 16
+    for timed in (False, True):
+        rec = Recorder(make_net(timed, seed=3))
+        x, info = sample_block_diffusion(rec, 2, length, bs, mask_id=MASK, steps_per_block=steps, generator=gen(1))
+        assert info["nfe"] == len(rec.calls) and info["tokens_processed"] == sum(n for _, n in rec.calls)
+        for cached, fed in rec.calls:
+            # each call feeds at most the previous (finished, uncached) block and the current block
+            assert fed <= 2 * bs and cached % bs == 0 and cached + fed <= length
+        firsts = [c for c in rec.calls if c[1] == 2 * bs]
+        assert len(firsts) == length // bs - 1  # finished blocks are cached inside the next block's first call
+        if timed:  # one call per step until the block is full
+            assert length // bs <= info["nfe"] <= steps * length // bs
+        else:  # logits are reused when a step reveals nothing: at most one call per revealing step
+            assert length // bs <= info["nfe"] <= min(steps, 2 * bs) * length // bs  # n = 2 sequences
+
+
+def test_block_size_one_with_one_step_is_autoregressive():
+    """b′ = 1, S = 1: every token is drawn from x_θ([x^{<ℓ} ; mask]) — the AR conditionals of the block model."""
+    net = make_net(seed=4, std=0.3)
+    n, length = 5, 9
+    for temperature in (1.0, 0.7):
+        x, info = sample_block_diffusion(
+            net, n, length, 1, mask_id=MASK, steps_per_block=1, generator=gen(11), temperature=temperature
+        )
+        g = gen(11)
+        ref = torch.zeros(n, 0, dtype=torch.long)
+        with torch.no_grad():
+            for _ in range(length):
+                inp = torch.cat([ref, torch.full((n, 1), MASK)], 1)
+                logits = net(inp, attn_mask="block-causal", block_size=1)[:, -1:]  # (n, 1, V)
+                logits[..., MASK] = float("-inf")
+                ref = torch.cat([ref, sample_categorical(logits, generator=g, temperature=temperature)], 1)
+        assert torch.equal(x, ref)
+        assert info["nfe"] == length
+
+
+def test_reveal_step_probabilities():
+    """P(reveal) = (α_s − α_t)/(1 − α_t), revealed tokens ~ softmax(logits/τ) without the mask."""
+    logits = torch.tensor([1.0, -0.5, 0.3, 2.0, 0.0, 5.0], dtype=torch.float64)  # the mask logit (5.0) must be ignored
+    n = 20000
+    x_t = torch.full((n, 1), MASK)
+    x_t[:10] = 2  # unmasked positions are kept
+    out = reveal_step(logits.expand(n, 1, V), x_t, 0.2, 0.6, mask_id=MASK, generator=gen(3), temperature=0.5)
+    assert (out[:10] == 2).all()
+    out = out[10:, 0]
+    m = n - 10
+    p_reveal = (0.6 - 0.2) / (1 - 0.2)
+    revealed = out != MASK
+    assert abs(float(revealed.double().mean()) - p_reveal) < 4 * math.sqrt(p_reveal * (1 - p_reveal) / m)
+    q = torch.softmax(logits[:K] / 0.5, -1)
+    freq = torch.bincount(out[revealed], minlength=V)[:K].double()
+    chi2 = float(((freq - revealed.sum() * q) ** 2 / (revealed.sum() * q)).sum())
+    assert chi2 < 4 + 5 * math.sqrt(8)
+    last = reveal_step(logits.expand(3, 2, V), torch.full((3, 2), MASK), 0.2, 1.0, mask_id=MASK, generator=gen(0))
+    assert (last != MASK).all()  # s = 0: everything revealed
+    greedy = reveal_step(logits.expand(3, 2, V), torch.full((3, 2), MASK), 0.0, 1.0, mask_id=MASK, temperature=0.0)
+    assert (greedy == 3).all()
+
+
+def test_eos_stops_decoding_and_pads():
+    eos, pad = 2, 0
+    bias = torch.zeros(V, dtype=torch.float64)
+    bias[eos] = 50.0
+    rec = Recorder(make_net(seed=5), bias=bias)
+    x, info = sample_block_diffusion(
+        rec, 3, 16, 4, mask_id=MASK, steps_per_block=2, generator=gen(0), prompt=torch.tensor([1]), eos_id=eos, pad_id=pad
+    )
+    assert info["blocks"] == 1 and info["generated_tokens"] == 3 * 3  # stopped after the first block
+    assert (x[:, 0] == 1).all() and (x[:, 1] == eos).all() and (x[:, 2:] == pad).all()
+    y, info = sample_ar(rec, 3, 10, start_id=MASK, generator=gen(0), eos_id=eos, pad_id=pad)
+    assert info["nfe"] == 1 and (y[:, 0] == eos).all() and (y[:, 1:] == pad).all()
+
+
+def test_sampler_inputs_are_validated():
+    net = make_net()
+    with pytest.raises(ValueError, match="steps_per_block"):
+        sample_block_diffusion(net, 2, 8, 4, mask_id=MASK, steps_per_block=0)
+    with pytest.raises(ValueError, match="prompt"):
+        sample_ar(net, 2, 3, start_id=MASK, prompt=torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="temperature"):
+        sample_ar(net, 2, 3, start_id=MASK, temperature=-1.0)
