@@ -11,7 +11,7 @@ import torch
 from genspace.experiment import build_model, load_config, load_data
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
-NEEDS_FILES = {"mnist", "fashion-mnist", "cifar10", "folder", "numpy"}
+NEEDS_FILES = {"mnist", "fashion-mnist", "cifar10", "folder", "numpy", "text", "hf"}
 
 
 def test_there_are_recipes():

@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--class", dest="class_label", type=int, default=None, help="class label (class-conditional models)")
         sp.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale w (1: none)")
         sp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+        sp.add_argument("--prompt", default=None, help="text models: the text every sequence starts with")
+        sp.add_argument("--temperature", type=float, default=None, help="text models: sampling temperature (default 1)")
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint (NumPy file + figure)")
     sampling_args(s)
@@ -69,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     e.add_argument("--bpd", type=int, default=0, metavar="N", help="images: bits/dim of N held-out images through the PF-ODE")
     e.add_argument("--divergence", choices=["exact", "hutchinson"], default="hutchinson", help="divergence estimator for --bpd")
+    e.add_argument("--nll", type=int, default=256, metavar="N", help="text models: NLL / NELBO per token of N held-out sequences (0: skip)")
+    e.add_argument("--nelbo-points", type=int, default=None, metavar="K", help="text models: stratified t-points per sequence of the NELBO estimate (default: the model's)")
     e.add_argument("--fid", action="store_true", help="images: also the standard Inception FID through torch-fidelity or clean-fid, if the package and its weights are on disk (nothing is downloaded)")
     e.add_argument("--fid-weights", default=None, help="torch-fidelity's Inception weights file (default: its file under $TORCH_HOME/hub/checkpoints)")
 
@@ -126,16 +130,19 @@ def cmd_sample(args, rest) -> int:
     import numpy as np
 
     from genspace import figures
-    from genspace.experiment import from_pretrained, load_data, sample_model
+    from genspace.experiment import load_run, sample_model
 
     if rest:
         raise UserError(f"unrecognized arguments: {' '.join(rest)}")
-    model, cfg = from_pretrained(args.checkpoint, ema=not args.no_ema)
+    model, cfg, data = load_run(args.checkpoint, ema=not args.no_ema)
     scfg = _sample_config(cfg, args)
     out = Path(args.out or Path(args.checkpoint) / "samples")
+    if data.kind == "tokens":
+        return _sample_text(model, cfg, data, scfg, args, out)
+    if args.prompt is not None or args.temperature is not None:
+        raise UserError("--prompt and --temperature are for text models")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = load_data(cfg.data)
     samples = sample_model(model, data.shape, scfg, class_label=args.class_label, progress=True)
     seconds = time.perf_counter() - start
     np.save(out / "samples.npy", samples.numpy())
@@ -153,16 +160,63 @@ def cmd_sample(args, rest) -> int:
     return 0
 
 
+def _sample_text(model, cfg, data, scfg, args, out: Path) -> int:
+    """Text models: sequences (with an optional prompt) -> samples.npy (ids) and samples.txt."""
+    import numpy as np
+    import torch
+
+    from genspace.core.random import StackedGenerator
+    from genspace.experiment import sample_seeds
+
+    if args.png or args.class_label is not None:
+        raise UserError("--png and --class are for image models; text models take --prompt")
+    tok = data.tokenizer
+    prompt = None
+    if args.prompt is not None:
+        if not callable(getattr(tok, "encode", None)):
+            raise UserError(f"this run's data come from a synthetic source ({cfg.data.name}) without a tokenizer: --prompt needs text data")
+        from genspace.data.text import encode_prompt
+
+        prompt = encode_prompt(tok, args.prompt, data.shape[0] - 1)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = sample_seeds(scfg.seed, scfg.n)
+    rows, nfe, seconds = [], 0.0, 0.0
+    for start in range(0, scfg.n, scfg.batch_size):
+        chunk = seeds[start : start + scfg.batch_size]
+        x, info = model.sample_with_info(len(chunk), length=data.shape[0], generator=StackedGenerator(chunk), method=scfg.method, steps=scfg.nfe,
+                                         temperature=1.0 if args.temperature is None else args.temperature, prompt=prompt, guidance=scfg.guidance)
+        rows.append(x.cpu())
+        nfe, seconds = nfe + info["nfe"], seconds + info["seconds"]
+    x = torch.cat(rows)
+    np.save(out / "samples.npy", x.numpy())
+    texts = [tok.decode(row.tolist()) for row in x]
+    (out / "samples.txt").write_text("".join(t.replace("\n", "\\n") + "\n" for t in texts), encoding="utf-8")
+    for t in texts[:5]:
+        print(t)
+    print(f"{len(x)} sequences of {data.shape[0]} tokens ({scfg.method}, {scfg.nfe} steps, {nfe / len(rows):.0f} NFE per batch, seed {scfg.seed}) in {seconds:.1f} s "
+          f"({x.numel() / max(seconds, 1e-9):.0f} tokens/s) -> {out / 'samples.txt'}, {out / 'samples.npy'}")
+    return 0
+
+
 def cmd_eval(args, rest) -> int:
     import torch
 
-    from genspace.experiment import bits_per_dim_of, evaluate_samples, from_pretrained, image_classifier, load_data, sample_model, save_json
+    from genspace import experiment
+    from genspace.experiment import evaluate_samples, image_classifier, load_run, sample_model, save_json
 
     if rest:
         raise UserError(f"unrecognized arguments: {' '.join(rest)}")
-    model, cfg = from_pretrained(args.checkpoint, ema=not args.no_ema)
+    model, cfg, data = load_run(args.checkpoint, ema=not args.no_ema)
     scfg = _sample_config(cfg, args)
-    data = load_data(cfg.data)
+    if data.kind == "tokens":
+        if args.bpd or args.fid or args.class_label is not None or args.prompt is not None:
+            raise UserError("--bpd, --fid, --class and --prompt do not apply to the evaluation of a text model")
+        metrics = experiment.evaluate_tokens(model, data, scfg, n_nll=args.nll, nelbo_points=args.nelbo_points)
+        metrics.pop("_samples")
+        print(format_metrics(metrics, title=f"{cfg.name}: {scfg.method}, {scfg.nfe} steps, n={scfg.n}"))
+        if args.json:
+            save_json({"config": {"method": scfg.method, "steps": scfg.nfe, "n": scfg.n, "seed": scfg.seed}, "metrics": metrics}, args.json)
+        return 0
     labels, classifier = None, None
     if data.kind == "images":
         classifier = image_classifier(cfg.data, Path(args.checkpoint) / "classifier")
@@ -184,7 +238,7 @@ def cmd_eval(args, rest) -> int:
         real = torch.cat([data.reference, data.heldout])
         metrics["fid_inception"] = fid_with_inception(samples, real, weights_path=args.fid_weights)
     if args.bpd:
-        metrics.update(bits_per_dim_of(model, data, n=args.bpd, divergence=args.divergence, seed=scfg.seed))
+        metrics.update(experiment.bits_per_dim_of(model, data, n=args.bpd, divergence=args.divergence, seed=scfg.seed))
     print(format_metrics(metrics, title=f"{cfg.name}: {scfg.method}, {scfg.nfe} NFE, n={len(samples)}"))
     if args.json:
         save_json({"config": {"method": scfg.method, "nfe": scfg.nfe, "n": len(samples), "seed": scfg.seed}, "metrics": metrics}, args.json)

@@ -31,12 +31,21 @@ from genspace.train import EMAConfig, TrainConfig
 
 @dataclass
 class DataConfig:
-    name: str = "8gaussians"  # a 2-D toy (genspace.data.toy_names()), or digits, mnist, fashion-mnist, cifar10, folder, numpy
-    path: Optional[str] = None  # local file or folder for mnist, fashion-mnist, cifar10, folder, numpy
-    n_train: int = 20_000  # training points drawn from a 2-D toy (image sets use all their images)
-    n_eval: int = 2_000  # held-out points for the metrics (two independent sets: reference and floor)
-    seed: int = 0  # seed of the toy draws and of the held-out split
+    name: str = "8gaussians"  # a 2-D toy (genspace.data.toy_names()); digits, mnist, fashion-mnist, cifar10, folder, numpy; token sources markov, copy, reverse, brackets; text, hf
+    path: Optional[str] = None  # local file or folder for mnist, fashion-mnist, cifar10, folder, numpy; text: a file, folder or glob; hf: a saved dataset or a local file
+    n_train: int = 20_000  # training points / sequences drawn from a 2-D toy or a token source (file-based sets use all they hold)
+    n_eval: int = 2_000  # held-out points / sequences for the metrics (two independent sets: reference and floor)
+    seed: int = 0  # seed of the draws and of the held-out split
     labels: bool = False  # keep class labels (class-conditional training)
+    length: int = 64  # tokens per sequence (token sources, text, hf)
+    n_symbols: int = 8  # token sources: alphabet size K (brackets: bracket types)
+    order: int = 2  # markov: order k of the chain
+    source_seed: int = 0  # markov: seed of the random transition tables (the source itself, not the draws)
+    concentration: float = 0.5  # markov: Dirichlet concentration of the transition rows (small: low entropy)
+    tokenizer: str = "char"  # text, hf: byte, char, bpe (trained on the corpus), char:<vocab.json>, bpe:<tokenizer.json>
+    vocab_size: int = 1024  # text, hf with tokenizer=bpe: total vocabulary (specials included)
+    text_mode: Literal["pack", "pad"] = "pack"  # text, hf: documents packed with EOS into rows, or one padded row per document (loss mask)
+    text_field: str = "text"  # hf: the column holding the text
 
 
 @register_variant("net", "mlp", tag_key="kind")
@@ -132,10 +141,12 @@ class DataBundle:
     reference: torch.Tensor  # (n_eval, ...) held-out data, the metrics' reference set
     heldout: torch.Tensor  # (n_eval, ...) a second held-out set (the floor)
     shape: tuple[int, ...]  # per-example shape
-    kind: Literal["points", "images"]
+    kind: Literal["points", "images", "tokens"]
     n_classes: Optional[int] = None
     log_prob: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # exact data density, if known
     n_levels: Optional[int] = None  # grey levels of image data (for bits/dim)
+    tokenizer: Any = None  # token data: the tokenizer or source defining the ids (vocab_size, n_data_tokens, mask_id, decode)
+    source: Any = None  # token data from a synthetic source: its exact log_prob and entropy
 
 
 def _toy_bundle(cfg: DataConfig) -> DataBundle:
@@ -210,8 +221,56 @@ def _numpy_bundle(cfg: DataConfig) -> DataBundle:
     return DataBundle(train, ref, held, tuple(x.shape[1:]), kind, n_classes)
 
 
-def load_data(cfg: DataConfig) -> DataBundle:
-    """Build the data of a run (nothing is downloaded: file-based sets read ``cfg.path``)."""
+TOKEN_SOURCES = ("markov", "copy", "reverse", "brackets")
+TEXT_SETS = ("text", "hf")
+
+
+def _source_bundle(cfg: DataConfig) -> DataBundle:
+    """Sequences of a synthetic source with an exactly known log-probability and entropy."""
+    from genspace.data.sources import get_source
+
+    if cfg.name == "markov":
+        source = get_source("markov", n_symbols=cfg.n_symbols, order=cfg.order, seed=cfg.source_seed, concentration=cfg.concentration)
+    elif cfg.name == "brackets":
+        source = get_source("brackets", n_types=cfg.n_symbols)
+    else:
+        source = get_source(cfg.name, n_symbols=cfg.n_symbols)
+    g = torch.Generator().manual_seed(cfg.seed)
+    train = source.sample(cfg.n_train, cfg.length, generator=g)
+    reference = source.sample(cfg.n_eval, cfg.length, generator=g)
+    heldout = source.sample(cfg.n_eval, cfg.length, generator=g)
+    return DataBundle((train,), reference, heldout, (cfg.length,), "tokens", None, source.log_prob, tokenizer=source, source=source)
+
+
+def _text_bundle(cfg: DataConfig, tokenizer=None) -> DataBundle:
+    """A local text corpus (files or a local HF dataset) as fixed-length token rows.
+
+    The rows are split at random into training rows and two held-out sets of up to ``n_eval``
+    rows each (at most a fifth of the rows each), never trained on. ``tokenizer`` (a saved one,
+    when a run is reloaded) replaces building the tokenizer from ``cfg.tokenizer``.
+    """
+    from genspace.data.text import get_tokenizer, load_hf_dataset, load_text_files, tokenize_corpus
+
+    if not cfg.path:
+        raise ValueError(f"data.name={cfg.name!r} reads local files: set data.path (a text file, folder or glob; hf: a saved dataset or a local .txt/.json/.csv)")
+    docs = load_text_files(cfg.path) if cfg.name == "text" else load_hf_dataset(cfg.path, text_field=cfg.text_field)
+    tok = tokenizer if tokenizer is not None else get_tokenizer(cfg.tokenizer, texts=docs, vocab_size=cfg.vocab_size)
+    data = tokenize_corpus(docs, tok, cfg.length, mode=cfg.text_mode)
+    n = len(data.tokens)
+    n_hold = min(cfg.n_eval, n // 5)
+    if n_hold < 2:
+        raise ValueError(f"{cfg.path}: {n} rows of {cfg.length} tokens are too few for a train / held-out split (need >= 10; lower data.length or add text)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))
+    ref, held, rest = perm[:n_hold], perm[n_hold : 2 * n_hold], perm[2 * n_hold :]
+    train = (data.tokens[rest],) if data.valid is None else (data.tokens[rest], data.valid[rest])
+    return DataBundle(train, data.tokens[ref], data.tokens[held], (cfg.length,), "tokens", tokenizer=tok)
+
+
+def load_data(cfg: DataConfig, *, tokenizer=None) -> DataBundle:
+    """Build the data of a run (nothing is downloaded: file-based sets read ``cfg.path``).
+
+    ``tokenizer``: text data only, a tokenizer to use instead of building one (a reloaded run's).
+    """
     from genspace.data import toy_names
 
     if cfg.n_eval < 2 or cfg.n_train < 2:
@@ -222,7 +281,11 @@ def load_data(cfg: DataConfig) -> DataBundle:
         return _image_bundle(cfg)
     if cfg.name == "numpy":
         return _numpy_bundle(cfg)
-    choices = toy_names() + ["digits", "mnist", "fashion-mnist", "cifar10", "folder", "numpy"]
+    if cfg.name in TOKEN_SOURCES:
+        return _source_bundle(cfg)
+    if cfg.name in TEXT_SETS:
+        return _text_bundle(cfg, tokenizer)
+    choices = toy_names() + ["digits", "mnist", "fashion-mnist", "cifar10", "folder", "numpy", *TOKEN_SOURCES, *TEXT_SETS]
     raise ValueError(f"unknown data set data.name={cfg.name!r}; choose one of {choices}")
 
 
@@ -315,6 +378,29 @@ class _FlatNet(nn.Module):
 
 
 register_family(DiffusionConfig, _build_diffusion)
+
+
+def _register_families() -> None:
+    """Register every family module's configs and builders (importing a module registers its
+    ``model.family`` tags; its ``FAMILY_BUILDERS`` maps config classes to builders)."""
+    import importlib
+
+    for name in FAMILY_MODULES:
+        module = importlib.import_module(name)
+        for config_cls, build in module.FAMILY_BUILDERS.items():
+            register_family(config_cls, build)
+
+
+FAMILY_MODULES = (
+    "genspace.families.ar",
+    "genspace.families.vae",
+    "genspace.families.gan",
+    "genspace.families.flows",
+    "genspace.families.cnf",
+    "genspace.families.vq",
+    "genspace.discrete.model",
+)
+_register_families()
 
 
 def build_model(cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
@@ -488,17 +574,97 @@ def _figures(model: nn.Module, data: DataBundle, cfg: ExperimentConfig, out_dir:
     return paths
 
 
+def evaluate_tokens(model: nn.Module, data: DataBundle, cfg: SampleConfig, *, n: Optional[int] = None, n_nll: int = 256, nelbo_points: Optional[int] = None) -> dict:
+    """Metrics of a text model: held-out NLL per token (exact, or a bound with its estimator),
+    and of ``n`` generated sequences: their exact NLL under the true source ("exact generative
+    perplexity", synthetic sources only), sample entropy and distinct-n beside the data's, NFE
+    and tokens/s of the sampler."""
+    from genspace.core.random import StackedGenerator
+    from genspace.metrics.text_metrics import distinct_n, exact_generative_nll, sample_entropy
+
+    n = min(cfg.n, len(data.reference)) if n is None else n
+    out: dict = {}
+    held = data.heldout[: min(n_nll, len(data.heldout))]
+    if n_nll > 0 and callable(getattr(model, "likelihood", None)):
+        lik = model.likelihood(held, n_t=nelbo_points, generator=StackedGenerator(range(len(held))))
+        per_token = lik["nll"] / lik["n_tokens"]
+        out["nll_per_token"] = float(per_token.mean())
+        out["nll_per_token_se"] = float(per_token.std() / math.sqrt(len(per_token))) if len(per_token) > 1 else float("nan")
+        out["nll_kind"], out["nll_estimator"] = lik["kind"], lik["estimator"]
+        if data.source is not None:
+            out["source_entropy_per_token"] = data.source.sequence_entropy(data.shape[0]) / data.shape[0]
+    seeds = sample_seeds(cfg.seed, n)
+    tokens, infos = [], []
+    for start in range(0, n, cfg.batch_size):
+        chunk = seeds[start : start + cfg.batch_size]
+        x, info = model.sample_with_info(len(chunk), length=data.shape[0], generator=StackedGenerator(chunk), method=cfg.method, steps=cfg.nfe)
+        tokens.append(x.cpu())
+        infos.append(info)
+    x = torch.cat(tokens)
+    out["sample_nfe"] = float(sum(i["nfe"] for i in infos) / len(infos))
+    seconds = sum(i["seconds"] for i in infos)
+    out["sample_tokens_per_s"] = float(x.numel() / seconds) if seconds > 0 else float("inf")
+    if data.source is not None:
+        g = exact_generative_nll(x, data.source)
+        out["gen_nll_per_token"], out["gen_nll_per_token_se"], out["gen_invalid_fraction"] = g.mean, g.stderr, g.invalid_fraction
+    specials = tuple(i for i in (getattr(data.tokenizer, "pad_id", None),) if i is not None)
+    out["sample_entropy"] = float(sample_entropy(x, ignore_ids=specials).mean)
+    out["data_sample_entropy"] = float(sample_entropy(data.reference[:n], ignore_ids=specials).mean)
+    for k in (2, 3):
+        out[f"distinct_{k}"] = float(distinct_n(x, k))
+        out[f"data_distinct_{k}"] = float(distinct_n(data.reference[:n], k))
+    out["_samples"] = x
+    return out
+
+
+def check_sample_method(model: nn.Module, cfg: SampleConfig) -> None:
+    """Fail before training when ``cfg.method`` cannot sample this model."""
+    if callable(getattr(model, "methods", None)):  # text models
+        if cfg.method not in model.methods():
+            raise ValueError(f"sample.method={cfg.method!r} does not apply to this model; choose one of {model.methods()}")
+    elif hasattr(model, "denoiser"):
+        from genspace.sampling import methods
+
+        if cfg.method not in methods():
+            raise ValueError(f"sample.method={cfg.method!r} is not a sampler; choose one of {sorted(methods())}")
+
+
+def _save_tokenizer(data: DataBundle, out_dir: Path) -> None:
+    """Text runs keep their tokenizer beside the checkpoints (``tokenizer.json``)."""
+    tok = data.tokenizer
+    if data.kind == "tokens" and data.source is None and callable(getattr(tok, "save", None)):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not (out_dir / "tokenizer.json").exists():
+            tok.save(out_dir / "tokenizer.json")
+
+
 def train(cfg: ExperimentConfig, out_dir: Union[str, Path], *, resume: bool = False, progress: bool = True) -> dict:
-    """Train ``cfg`` into ``out_dir`` (checkpoints, metrics.csv, TensorBoard, figures)."""
-    from genspace.train import Trainer
+    """Train ``cfg`` into ``out_dir`` (checkpoints, metrics.csv, TensorBoard, figures).
+
+    Two-stage families (VQ-VAE/VQGAN with a code prior, ``model.prior.steps > 0``) train the
+    autoencoder into ``out_dir`` and then the prior into ``out_dir/prior``; the checkpoints there
+    hold the whole model.
+    """
+    from genspace.train import Trainer, latest_checkpoint
 
     out_dir = Path(out_dir)
-    data = load_data(cfg.data)
+    tokenizer = None
+    if resume and (out_dir / "tokenizer.json").exists():
+        from genspace.data.text import load_tokenizer
+
+        tokenizer = load_tokenizer(out_dir / "tokenizer.json")
+    data = load_data(cfg.data, tokenizer=tokenizer)
     model = build_model(cfg, data)
+    check_sample_method(model, cfg.sample)
+    _save_tokenizer(data, out_dir)
+    two_stage = callable(getattr(model, "set_stage", None)) and getattr(getattr(cfg.model, "prior", None), "steps", 0) > 0
 
     def evaluate(m: nn.Module, step: int) -> dict[str, float]:
         if not hasattr(m, "sample"):
             return {}
+        if data.kind == "tokens":
+            res = evaluate_tokens(m, data, cfg.sample, n=min(cfg.sample.n, 256))
+            return {k: v for k, v in res.items() if isinstance(v, float) and not k.endswith("_se")}
         eval_cfg = dataclasses.replace(cfg.sample, n=min(cfg.sample.n, len(data.reference)))
         return {k: v for k, v in evaluate_samples(sample_model(m, data.shape, eval_cfg), data).items() if not k.endswith("_se")}
 
@@ -506,26 +672,48 @@ def train(cfg: ExperimentConfig, out_dir: Union[str, Path], *, resume: bool = Fa
         if hasattr(m, "sample"):
             _figures(m, data, cfg, Path(folder) / "figures", f"-{step:08d}")
 
+    start = time.perf_counter()
+    done = two_stage and resume and latest_checkpoint(out_dir) is not None and int(latest_checkpoint(out_dir).name.split("-")[1]) >= cfg.train.steps
     trainer = Trainer(
         model,
         data.train,
         cfg.train,
         out_dir,
-        evaluate=evaluate,
-        make_figures=make_figures,
+        evaluate=None if two_stage else evaluate,  # a VQ model samples only once its prior is trained
+        make_figures=None if two_stage else make_figures,
         config_dict=to_dict(cfg),
         progress=progress,
     )
-    start = time.perf_counter()
-    row = trainer.fit(resume=resume)
-    return {"last_row": row, "seconds": time.perf_counter() - start, "checkpoint": str(trainer.last_checkpoint), "model": trainer.ema_model, "data": data}
+    if done:  # stage 1 finished before: reload it and go on with the prior
+        model, _ = from_pretrained(latest_checkpoint(out_dir))
+        row, trained, last = {}, model, latest_checkpoint(out_dir)
+    else:
+        row = trainer.fit(resume=resume)
+        trained, last = trainer.ema_model, trainer.last_checkpoint
+    if two_stage:
+        from genspace.families.vq import fit_prior
+
+        prior_cfg = dataclasses.replace(cfg.train, steps=cfg.model.prior.steps, lr=cfg.model.prior.lr)
+        prior_trainer = fit_prior(trained, data.train, prior_cfg, out_dir / "prior", resume=resume, evaluate=evaluate, make_figures=make_figures, config_dict=to_dict(cfg), progress=progress)
+        from genspace.train import read_csv
+
+        rows = read_csv(out_dir / "prior" / "metrics.csv") if (out_dir / "prior" / "metrics.csv").exists() else []
+        row, trained, last = (rows[-1] if rows else {}), prior_trainer.ema_model, prior_trainer.last_checkpoint
+    return {"last_row": row, "seconds": time.perf_counter() - start, "checkpoint": str(last), "model": trained, "data": data}
 
 
 def from_pretrained(path: Union[str, Path], *, ema: bool = True, map_location: str = "cpu") -> tuple[nn.Module, ExperimentConfig]:
+    """(model, config) of a run folder or checkpoint folder: :func:`load_run` without the data."""
+    model, cfg, _ = load_run(path, ema=ema, map_location=map_location)
+    return model, cfg
+
+
+def load_run(path: Union[str, Path], *, ema: bool = True, map_location: str = "cpu") -> tuple[nn.Module, ExperimentConfig, DataBundle]:
     """Load a run folder (its latest complete checkpoint) or a checkpoint folder.
 
     Returns (model in eval mode with the EMA weights when present and ``ema``, its config).
-    Never unpickles anything: config.json + safetensors only.
+    Never unpickles anything: config.json + safetensors only. A two-stage run (VQ models) loads
+    ``run/prior`` when it holds a checkpoint; a text run reuses its saved ``tokenizer.json``.
     """
     from genspace.train import latest_checkpoint, load_checkpoint, load_weights
 
@@ -533,17 +721,25 @@ def from_pretrained(path: Union[str, Path], *, ema: bool = True, map_location: s
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint or run folder at {path}")
     if path.is_dir() and not path.name.startswith("ckpt-"):  # a run folder: its latest checkpoint
-        latest = latest_checkpoint(path)
+        latest = latest_checkpoint(path / "prior") if (path / "prior").is_dir() else None
+        latest = latest or latest_checkpoint(path)
         if latest is None:
             raise FileNotFoundError(f"{path} holds no complete checkpoint (ckpt-*/ with a COMPLETE marker)")
         path = latest
     ckpt = load_checkpoint(path, map_location=map_location)
     cfg = from_dict(ExperimentConfig, ckpt.config)
-    data = load_data(cfg.data)
+    tokenizer = None
+    for folder in (path.parent, path.parent.parent):
+        if cfg.data.name in TEXT_SETS and (folder / "tokenizer.json").exists():
+            from genspace.data.text import load_tokenizer
+
+            tokenizer = load_tokenizer(folder / "tokenizer.json")
+            break
+    data = load_data(cfg.data, tokenizer=tokenizer)
     model = build_model(cfg, data)
     state = ckpt.ema_state if (ema and ckpt.ema_state is not None) else ckpt.model_state
     load_weights(model, state, what="EMA" if state is ckpt.ema_state else "model")
-    return model.to(map_location).eval(), cfg
+    return model.to(map_location).eval(), cfg, data
 
 
 def save_json(obj: dict, path: Union[str, Path]) -> Path:
