@@ -4,7 +4,7 @@
 file       what it holds                                                         likelihood
 =========  ====================================================================  ==============
 ar.py      MADE (order / connectivity ensembles), PixelCNN (gated, no blind      exact
-           spot)
+           spot), transformer AR (levels / bins as tokens)
 vae.py     Gaussian VAE, β-VAE, IWAE bound, importance-sampled test NLL          bound / estimate
 gan.py     non-saturating GAN, WGAN (clipping), WGAN-GP                          n/a
 flows.py   NICE, RealNVP, Glow parts (ActNorm, invertible 1×1 conv), MAF/IAF,    exact

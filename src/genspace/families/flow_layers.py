@@ -333,19 +333,6 @@ class InvertibleLinearLU(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- MADE, MAF, IAF
-class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 ``mask`` (out, in)."""
-
-    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor) -> None:
-        super().__init__(in_features, out_features)
-        if mask.shape != (out_features, in_features):
-            raise ValueError(f"mask must have shape ({out_features}, {in_features}), got {tuple(mask.shape)}")
-        self.register_buffer("mask", mask.float().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight * self.mask.to(self.weight.dtype), self.bias)
-
-
 class MADE(nn.Module):
     """Masked autoencoder for distribution estimation (Germain et al. 2015), minimal form.
 
@@ -353,9 +340,11 @@ class MADE(nn.Module):
     natural order; flows reorder with :class:`Permutation` layers between MADEs).
 
     Degrees: input i has degree i+1; hidden unit k has degree (k mod (D−1)) + 1 (cycling through
-    1..D−1; 0 when D = 1, so the only output is a learned constant); output i has degree i+1.
-    A hidden unit sees the inputs of degree ≤ its own; an output sees the hidden units of degree
-    strictly below its own. The output layer is zero-initialized.
+    1..D−1, deterministic rather than random as in the AR family's ensembles; 0 when D = 1, so
+    the only output is a learned constant); output i has degree i+1. The masks are those of
+    :func:`genspace.nets.masked.made_masks`: a hidden unit sees the inputs of degree ≤ its own; an
+    output sees the hidden units of degree strictly below its own. The output layer is
+    zero-initialized (the flow layer starts as the identity).
 
     Args:
         dim: D. hidden: width of each hidden layer. depth: number of hidden layers (≥ 1).
@@ -364,26 +353,30 @@ class MADE(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2, n_params: int = 2) -> None:
         super().__init__()
+        from genspace.nets.masked import MaskedLinear, made_masks
+
         self.dim = _check_positive_int("dim", dim)
         _check_positive_int("hidden", hidden)
         _check_positive_int("depth", depth)
         self.n_params = _check_positive_int("n_params", n_params)
         deg_in = torch.arange(1, dim + 1)
         deg_hidden = torch.arange(hidden) % max(dim - 1, 1) + 1 if dim > 1 else torch.zeros(hidden, dtype=torch.long)
-        deg_out = torch.arange(1, dim + 1).repeat(n_params)  # output p·D + i has degree i+1
-        layers: list[nn.Module] = []
-        prev_deg, prev_width = deg_in, dim
-        for _ in range(depth):
-            layers += [MaskedLinear(prev_width, hidden, deg_hidden[:, None] >= prev_deg[None, :]), nn.SiLU()]
-            prev_deg, prev_width = deg_hidden, hidden
-        out = MaskedLinear(prev_width, n_params * dim, deg_out[:, None] > prev_deg[None, :])
-        nn.init.zeros_(out.weight)
-        nn.init.zeros_(out.bias)
-        self.net = nn.Sequential(*layers, out)
+        masks = made_masks(deg_in, deg_hidden.expand(depth, hidden), n_params)  # output unit i·P + p has degree i+1
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m.float(), persistent=False)
+        sizes = [dim] + [hidden] * depth
+        self.hidden_layers = nn.ModuleList(MaskedLinear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.out = MaskedLinear(hidden, n_params * dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_vectors(x, self.dim, "MADE")
-        return self.net(x).reshape(x.shape[0], self.n_params, self.dim)  # (B, n_params, D)
+        h = x
+        for i, layer in enumerate(self.hidden_layers):
+            h = F.silu(layer(h, getattr(self, f"mask{i}")))
+        out = self.out(h, getattr(self, f"mask{len(self.hidden_layers)}"))  # (B, D·P), unit i·P + p
+        return out.reshape(x.shape[0], self.dim, self.n_params).transpose(1, 2)  # (B, n_params, D)
 
 
 class MaskedAutoregressiveAffine(nn.Module):
