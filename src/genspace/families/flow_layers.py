@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genspace.nets.masked import MaskedLinear, made_masks
+
 
 # ---------------------------------------------------------------------------------- helpers
 def soft_clamp(s: torch.Tensor, bound: float) -> torch.Tensor:
@@ -353,8 +355,6 @@ class MADE(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 64, depth: int = 2, n_params: int = 2) -> None:
         super().__init__()
-        from genspace.nets.masked import MaskedLinear, made_masks
-
         self.dim = _check_positive_int("dim", dim)
         _check_positive_int("hidden", hidden)
         _check_positive_int("depth", depth)
