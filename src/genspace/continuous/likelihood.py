@@ -197,28 +197,64 @@ def log_likelihood(
     if add_noise:
         x = x + sigma_min * randn_like(x, generator)
 
+    prior = (lambda z: gaussian_log_prob(z, sigma_max if prior_std is None else prior_std)) if prior_log_prob is None else prior_log_prob
+    # dx/du = x − D(x, e^u): the linear part (trace = dim, exact) plus −1 × the denoiser
+    return ode_log_likelihood(
+        lambda y, u: denoiser(y, torch.exp(u).to(y.dtype).expand(y.shape[0]), **cond),
+        x, math.log(sigma_min), math.log(sigma_max), linear=1.0, scale=-1.0, probes=probes,
+        prior_log_prob=prior, rtol=rtol, atol=atol, method=method, estimator=estimator,
+    )
+
+
+def ode_log_likelihood(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    t0: float,
+    t1: float,
+    *,
+    linear: float = 0.0,
+    scale: float = 1.0,
+    probes: Optional[torch.Tensor] = None,
+    prior_log_prob: Callable[[torch.Tensor], torch.Tensor],
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    estimator: str = "exact",
+) -> LikelihoodResult:
+    """The instantaneous change of variables (Chen et al. 2018, Thm. 1) for any ODE of the form
+
+        dx/dt = linear · x + scale · fn(x, t),   d log p(x(t))/dt = −(linear · dim + scale · div fn),
+
+    integrated from x(t0) = x to t1 by :func:`~genspace.core.odeint.odeint_adaptive`:
+    log p_{t0}(x) = prior_log_prob(x(t1)) + ∫_{t0}^{t1} (linear · dim + scale · div fn) dt.
+    The trace of the linear part is exact; ``div fn`` is exact (``probes=None``) or Hutchinson's
+    estimate with fixed ``probes`` (:func:`estimate_divergence`). The probability-flow ODE of a
+    denoiser is ``fn = D``, linear 1, scale −1 in u = log σ (:func:`log_likelihood`); a CNF
+    (FFJORD) is ``fn = v``, linear 0, scale 1 (:class:`genspace.families.cnf.CNF`).
+
+    Args:
+        fn: ``(y (B, ...), t 0-d tensor) -> (B, ...)``; examples must not interact.
+        x: (B, ...) starting points.
+        prior_log_prob: ``z (B, ...) -> (B,)`` at t1.
+        estimator: the label stored in the result.
+    """
     b = x.shape[0]
     dim = x[0].numel()
     calls = [0]
 
-    def rhs(u: torch.Tensor, state: tuple) -> tuple:
-        xu, _ = state
-        sigma = torch.exp(u).to(xu.dtype).expand(b)
+    def rhs(t: torch.Tensor, state: tuple) -> tuple:
+        xt, _ = state
         calls[0] += 1
-        den, div_d = estimate_divergence(lambda y: denoiser(y, sigma, **cond), xu, probes)
-        return xu - den, dim - div_d  # dx/du, d(Δ)/du
+        out, div = estimate_divergence(lambda y: fn(y, t), xt, probes)
+        velocity = scale * out if linear == 0 else linear * xt + scale * out
+        return velocity, linear * dim + scale * div
 
     state0 = (x.detach(), torch.zeros(b, dtype=x.dtype, device=x.device))
-    (z, delta), info = odeint_adaptive(
-        rhs, state0, math.log(sigma_min), math.log(sigma_max), rtol=rtol, atol=atol, method=method
-    )
-    if prior_log_prob is not None:
-        prior = prior_log_prob(z)
-        if prior.shape != (b,):
-            raise ValueError(f"prior_log_prob must return shape ({b},), got {tuple(prior.shape)}")
-        prior = prior.to(dtype=x.dtype, device=x.device)
-    else:
-        prior = gaussian_log_prob(z, sigma_max if prior_std is None else prior_std)
+    (z, delta), info = odeint_adaptive(rhs, state0, float(t0), float(t1), rtol=rtol, atol=atol, method=method)
+    prior = prior_log_prob(z)
+    if prior.shape != (b,):
+        raise ValueError(f"prior_log_prob must return shape ({b},), got {tuple(prior.shape)}")
+    prior = prior.to(dtype=x.dtype, device=x.device)
     return LikelihoodResult(
         log_prob=prior + delta,
         prior_log_prob=prior,

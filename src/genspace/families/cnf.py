@@ -51,8 +51,8 @@ from genspace.continuous.likelihood import (
     LikelihoodResult,
     bits_per_dim,
     draw_probes,
-    estimate_divergence,
     gaussian_log_prob,
+    ode_log_likelihood,
 )
 from genspace.core.odeint import ADAPTIVE_METHODS, FIXED_METHODS, odeint_adaptive, odeint_fixed
 from genspace.core.random import Generator, randn
@@ -268,34 +268,12 @@ class CNF(nn.Module):
         if div_kind == "hutchinson":
             probes = draw_probes(x, self.n_probes, probe="rademacher", generator=generator)
             estimator = f"hutchinson(rademacher, n_probes={self.n_probes})"
-        calls = [0]
-
-        def rhs(t: torch.Tensor, state: tuple) -> tuple:
-            calls[0] += 1
-            v, div = estimate_divergence(lambda y: self.field(y, t), state[0], probes)
-            return v, div
-
         with torch.no_grad():
-            (z, delta), info = odeint_adaptive(
-                rhs,
-                (x.detach(), x.new_zeros(x.shape[0])),
-                0.0,
-                1.0,
-                rtol=self.rtol if rtol is None else rtol,
-                atol=self.atol if atol is None else atol,
-                method=self.method if method is None else method,
+            return ode_log_likelihood(
+                lambda y, t: self.field(y, t), x, 0.0, 1.0, probes=probes, prior_log_prob=lambda z: gaussian_log_prob(z, 1.0),
+                rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol,
+                method=self.method if method is None else method, estimator=estimator,
             )
-        prior = gaussian_log_prob(z, 1.0)
-        return LikelihoodResult(
-            log_prob=prior + delta,
-            prior_log_prob=prior,
-            delta_log_prob=delta,
-            z=z,
-            nfe=calls[0],
-            steps=info["steps"],
-            rejected=info["rejected"],
-            estimator=estimator,
-        )
 
     def log_likelihood(self, x: torch.Tensor, *, generator: Generator = None) -> torch.Tensor:
         """(B,) log p(x) in nats with ``eval_divergence`` (``likelihood_kind`` says exact/estimate)."""
