@@ -140,6 +140,10 @@ def test_methods_lists_every_sampler(capsys):
     for name, info in methods().items():
         assert name in text
     assert "stochastic" in text and "deterministic" in text
+    from genspace.discrete.samplers import token_method_names
+
+    for name in token_method_names() + ["block", "ar"]:
+        assert f"  {name} " in text
 
 
 def test_entry_point_exit_code_and_help():

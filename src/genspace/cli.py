@@ -300,11 +300,18 @@ def cmd_compare(args, rest) -> int:
 
 
 def cmd_methods(args, rest) -> int:
+    from genspace.discrete.samplers import token_methods
     from genspace.sampling import methods
 
+    print("continuous samplers (diffusion / flow models):")
     for name, info in sorted(methods().items()):
         kind = "stochastic" if info.stochastic else "deterministic"
-        print(f"{name:18s} {kind}")
+        print(f"  {name:18s} {kind}")
+    print("token samplers (text models; `block` and `ar` use the KV cache):")
+    for name, info in token_methods().items():
+        print(f"  {name:18s} {info.description}")
+    print(f"  {'block':18s} block diffusion (BD3-LM), block by block with an exact KV cache")
+    print(f"  {'ar':18s} autoregressive decoding with a KV cache")
     return 0
 
 
