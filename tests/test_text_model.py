@@ -150,3 +150,34 @@ def test_markov_recipe_data_match_the_declared_source():
     assert data.kind == "tokens" and data.shape == (64,) and data.train[0].shape == (100, 64)
     src = data.source
     assert src.vocab_size == 9 and src.mask_id == 8 and math.isclose(src.entropy_rate, MarkovSource(8, 2, seed=0, concentration=0.5).entropy_rate)
+
+
+def test_conditional_training_never_noises_or_scores_the_prompt(tmp_path):
+    cfg = load_config("configs/text-markov-mdlm.yaml", SOURCE + SMALL + ("model.prompt_length=5", "model.prompt_dropout=0.25", "train.steps=1"))
+    data = load_data(cfg.data)
+    from genspace.experiment import build_model
+
+    model = build_model(cfg, data).train()
+    x0 = data.train[0][:4000]
+    keep = model._keep(x0, torch.Generator().manual_seed(0))
+    assert keep.shape == x0.shape and not keep[:, 5:].any()
+    dropped = ~keep[:, :5].any(1)  # sequences whose prompt is noised like the rest (CFG's unconditional branch)
+    assert torch.equal(keep[~dropped, :5], torch.ones_like(keep[~dropped, :5]))
+    assert abs(dropped.double().mean().item() - 0.25) < 4 * math.sqrt(0.25 * 0.75 / len(x0))
+    assert not model.eval()._keep(x0, None)[:, :5].logical_not().any()  # no dropout outside training
+    # the loss does not depend on the prompt's predictions: corrupting the logits there changes nothing
+    batch = (x0[:8],)
+    net = model.net
+    base = model.eval().losses(batch, generator=torch.Generator().manual_seed(1))["mdlm"]
+
+    def corrupt(module, inputs, output):
+        out = output.clone()
+        out[:, :5] = torch.randn_like(out[:, :5]) * 100
+        return out
+
+    handle = net.head.register_forward_hook(corrupt)
+    try:
+        again = model.losses(batch, generator=torch.Generator().manual_seed(1))["mdlm"]
+    finally:
+        handle.remove()
+    assert torch.equal(base, again)
