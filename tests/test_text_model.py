@@ -181,3 +181,19 @@ def test_conditional_training_never_noises_or_scores_the_prompt(tmp_path):
     finally:
         handle.remove()
     assert torch.equal(base, again)
+
+
+def test_infilling_keeps_the_fixed_tokens_of_a_template(tmp_path):
+    _, result = _train("mdlm", 20, tmp_path)
+    model = result["model"]
+    template = torch.full((16,), model.mask_id)
+    template[:2], template[10:13] = torch.tensor([0, 1]), torch.tensor([3, 2, 1])
+    for method in ("ancestral", "first-hitting", "top-k", "sedd-tweedie"):
+        x, _ = model.sample_with_info(3, length=16, generator=StackedGenerator(range(3)), method=method, steps=8, template=template)
+        fixed = template != model.mask_id
+        assert torch.equal(x[:, fixed], template[fixed].expand(3, -1)), method
+        assert (x != model.mask_id).all() and int(x.max()) < 4
+    with pytest.raises(ValueError, match="not both"):
+        model.sample_with_info(1, length=16, template=template, prompt=torch.tensor([1]))
+    with pytest.raises(ValueError, match="shape"):
+        model.sample_with_info(1, length=16, template=template[:8])

@@ -284,6 +284,7 @@ class TextModel(nn.Module):
         steps: Optional[int] = None,
         temperature: float = 1.0,
         prompt: Optional[torch.Tensor] = None,
+        template: Optional[torch.Tensor] = None,
         guidance: float = 1.0,
         **options,
     ) -> tuple[torch.Tensor, dict]:
@@ -294,6 +295,9 @@ class TextModel(nn.Module):
             steps: denoising steps (masked samplers: the sampler's steps; ``block``: steps per
                 block; ``sedd-*``: Euler/Tweedie steps); None: ``length``.
             prompt: (P,) token ids that start every sequence (never changed by the sampler).
+            template: (L,) or (n, L) ids with ``mask_id`` where tokens are to be generated and
+                fixed tokens elsewhere: infilling (masked-diffusion and SEDD samplers only;
+                exclusive with ``prompt``).
             guidance: classifier-free guidance scale w of the masked samplers (LLaDA convention
                 (1 + w)·ℓ_c − w·ℓ_u, the unconditional branch with the prompt masked); 0: none.
             **options: further options of the sampler (e.g. ``order``, ``threshold``,
@@ -315,6 +319,18 @@ class TextModel(nn.Module):
                 raise ValueError(f"the prompt has {len(prompt)} tokens, but sequences have {length}: nothing is left to generate")
             if int(prompt.min()) < 0 or int(prompt.max()) >= self.n_data_tokens:
                 raise ValueError(f"prompt ids must be data tokens in 0..{self.n_data_tokens - 1}")
+        if template is not None:
+            if prompt is not None:
+                raise ValueError("give a prompt or a template, not both")
+            if method in ("ar", "block"):
+                raise ValueError(f"infilling needs a bidirectional sampler; {method!r} generates left to right (use prompt=)")
+            template = torch.as_tensor(template, dtype=torch.long, device=device)
+            template = template.expand(n, -1) if template.ndim == 1 else template
+            if template.shape != (n, length):
+                raise ValueError(f"template must have shape ({length},) or ({n}, {length}), got {tuple(template.shape)}")
+            fixed = template[template != self.mask_id]
+            if fixed.numel() and (int(fixed.min()) < 0 or int(fixed.max()) >= self.n_data_tokens):
+                raise ValueError(f"template ids must be data tokens in 0..{self.n_data_tokens - 1} or the mask id {self.mask_id}")
         steps = length if steps is None else int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -327,7 +343,7 @@ class TextModel(nn.Module):
                 return sample_ar(self.net, n, length, start_id=self.mask_id, generator=generator, temperature=temperature, prompt=prompt, eos_id=self.eos_id, pad_id=self.pad_id, **options)
             if method == "block":
                 return sample_block_diffusion(self.net, n, length, self.block_size, mask_id=self.mask_id, steps_per_block=steps, generator=generator, schedule=self.schedule, temperature=temperature, prompt=prompt, eos_id=self.eos_id, pad_id=self.pad_id, **options)
-            x_init = torch.full((n, length), self.mask_id, dtype=torch.long, device=device)
+            x_init = torch.full((n, length), self.mask_id, dtype=torch.long, device=device) if template is None else template.clone()
             if prompt is not None:
                 x_init[:, : len(prompt)] = prompt
             if method in SEDD_METHODS:
@@ -336,8 +352,8 @@ class TextModel(nn.Module):
                 return sample_tokens(method, self.score_fn(), x_init, process=self.process, steps=steps, schedule=self.schedule, generator=generator, mask_id=self.mask_id, **options)
             fn = self.log_probs_fn()
             if guidance not in (0.0, 1.0):
-                if prompt is None:
-                    raise ValueError("classifier-free guidance needs a prompt (its unconditional branch masks the prompt)")
+                if prompt is None and template is None:
+                    raise ValueError("classifier-free guidance needs a prompt or a template (its unconditional branch masks the fixed tokens)")
                 fn = classifier_free_guidance(fn, scale=guidance, mask_id=self.mask_id, prompt_mask=x_init != self.mask_id)
             kwargs = dict(mask_id=self.mask_id, generator=generator, temperature=temperature, vocab_size=self.net.config.vocab_size)
             if method in ("ancestral", "top-k", "semi-ar"):
