@@ -35,6 +35,16 @@ trains (see :mod:`genspace.train` for the full protocol):
     (a stochastic estimate, e.g. importance sampling or Hutchinson), or ``None`` (no
     likelihood, e.g. a GAN). Continuous models give a density of the continuous data; discrete
     models the probability of the integer levels.
+``likelihood_space`` (attribute, with ``log_likelihood``)
+    what ``log_likelihood`` of quantized image data (at the levels' values 2k/(L−1) − 1) means:
+    ``"levels"``: log P(levels), exact or bounded (MADE-categorical, PixelCNN, TransformerAR on
+    images, the VAE: its Gaussian decoder dequantizes and adds the bin volume itself);
+    ``"density"``: a density p of the continuous input (flows, CNF, MADE-MoG), trained on
+    pixels dequantized by :func:`genspace.data.dequantize`, y = 2(k + u)/L − 1 (L bins of width
+    2/L tiling [−1, 1)): score it on dequantized levels, log P(k) ≥ E_u log p(y) + D·log(2/L) (Theis et al.
+    2016; :func:`genspace.compare.heldout_nll` does so); ``None``: no likelihood. On 2-D points
+    every likelihood is a density (nats). A model may also expose ``likelihood_description``, a
+    short text naming its estimator (e.g. the VAE's K).
 
 Conventions: 2-D toys are float (N, 2); images are float (N, C, H, W) in [−1, 1] with
 ``n_levels`` grey levels (:func:`genspace.data.to_uint8` gives the integer levels); normalizing

@@ -141,6 +141,7 @@ class _Autoregressive(nn.Module):
     """What the AR models share: per-example shape, class labels (null class, label dropout)."""
 
     likelihood_kind = "exact"
+    likelihood_space = "levels"  # log_likelihood of quantized data is log P(levels); "density" for continuous conditionals
 
     def __init__(self, shape: Sequence[int], n_classes: Optional[int], label_dropout: float) -> None:
         super().__init__()
@@ -258,6 +259,12 @@ class MADE(_Autoregressive):
             seed=seed, n_classes=n_classes,
         )
         self.n_masks = n_masks
+
+    @property
+    def likelihood_space(self) -> str:
+        """``"levels"`` (categorical: log P of the integer levels) or ``"density"`` (MoG: a
+        density of the continuous input; on images, of data dequantized as in ``losses``)."""
+        return "levels" if self.output == "categorical" else "density"
 
     # -- values: float data (mog) or int64 levels (categorical), flattened (B, D)
 
@@ -530,6 +537,11 @@ class TransformerAR(_Autoregressive):
                 max_len=self.dim + 1, dropout=dropout,
             )
         )
+
+    @property
+    def likelihood_space(self) -> str:
+        """``"levels"`` (quantized data: log P of the levels) or ``"density"`` (binned continuous data)."""
+        return "levels" if self.n_levels is not None else "density"
 
     # -- tokens
 

@@ -147,6 +147,7 @@ class CNF(nn.Module):
     """
 
     likelihood_kind = "exact"  # per instance: "exact" (exact divergence) or "estimate" (Hutchinson)
+    likelihood_space = "density"  # a density of the continuous input (images: of dequantize()d data)
 
     def __init__(
         self,
@@ -274,6 +275,12 @@ class CNF(nn.Module):
                 rtol=self.rtol if rtol is None else rtol, atol=self.atol if atol is None else atol,
                 method=self.method if method is None else method, estimator=estimator,
             )
+
+    @property
+    def likelihood_description(self) -> str:
+        """How :meth:`log_likelihood` is computed (for tables)."""
+        div = "exact divergence" if self.eval_divergence == "exact" else f"Hutchinson divergence, {self.n_probes} Rademacher probe(s)"
+        return f"FFJORD change of variables, {self.method} rtol={self.rtol:g}, {div}"
 
     def log_likelihood(self, x: torch.Tensor, *, generator: Generator = None) -> torch.Tensor:
         """(B,) log p(x) in nats with ``eval_divergence`` (``likelihood_kind`` says exact/estimate)."""

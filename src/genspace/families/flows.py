@@ -90,6 +90,7 @@ class Flow(nn.Module):
     """
 
     likelihood_kind = "exact"
+    likelihood_space = "density"  # a density of the continuous input (images: of dequantize()d data)
 
     def __init__(self, layers: Sequence[nn.Module], shape: Sequence[int], *, n_levels: Optional[int] = None) -> None:
         super().__init__()

@@ -284,6 +284,7 @@ class GAN(nn.Module):
     """
 
     likelihood_kind = None
+    likelihood_space = None  # no likelihood
 
     def __init__(
         self,

@@ -215,6 +215,18 @@ class VAE(nn.Module):
 
     likelihood_kind = "bound"
 
+    @property
+    def likelihood_space(self) -> str:
+        """``"levels"`` when :meth:`log_likelihood` bounds log P of integer levels (a categorical
+        decoder, or a Gaussian one with ``dequantize_levels``: it dequantizes and adds the bin
+        volume itself), else ``"density"`` (continuous data)."""
+        return "levels" if (self.dequantize_levels is not None or isinstance(self.decoder, CategoricalDecoder)) else "density"
+
+    @property
+    def likelihood_description(self) -> str:
+        """How :meth:`log_likelihood` is computed (for tables), with its declared K."""
+        return f"importance sampling (IWAE estimator), K={self.eval_k}, one draw: a lower bound in expectation"
+
     def __init__(
         self,
         encoder: nn.Module,

@@ -371,6 +371,7 @@ class VQVAE(nn.Module):
     """
 
     likelihood_kind = None  # the prior's likelihood is over codes, not pixels: code_log_likelihood
+    likelihood_space = None  # no likelihood of the data
 
     def __init__(
         self,
