@@ -1,5 +1,6 @@
 """Every recipe in configs/ parses into a typed ExperimentConfig; those whose data ship with a
-dependency (2-D toys, scikit-learn's digits) also build their model and compute a loss."""
+dependency (2-D toys, scikit-learn's digits) also build their model and compute a loss. The
+``compare-*.yaml`` recipes are CompareConfigs, checked in tests/test_compare.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from genspace.experiment import build_model, load_config, load_data
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml") if not p.name.startswith("compare-"))
 NEEDS_FILES = {"mnist", "fashion-mnist", "cifar10", "folder", "numpy", "text", "hf"}
 
 
