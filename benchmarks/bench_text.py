@@ -1,0 +1,834 @@
+"""Discrete-diffusion benchmark (issue 5): likelihood, sample quality against NFE, and speed.
+
+Part 1, a Markov source whose entropy is known exactly (configs/text-markov-*.yaml: 8 symbols,
+order 2, Dirichlet(0.5) rows, source seed 0, L = 64). MDLM, AR, BD3 (block 8) and SEDD (absorbing,
+log-linear) are trained with the SAME Transformer (``--dim``, ``--depth``, ``--heads``; equal
+parameter counts are printed), the same batch, optimizer (AdamW, lr 1e-3, 200 warm-up steps, grad
+clip 1, EMA 0.999 with warm-up: the recipes' values), the same data and the same number of steps;
+every network starts from the same initial weights (``build_model`` seeds with ``train.seed``).
+
+- Table A: held-out NLL per token at 25 / 50 / 100 % of training — AR exact; MDLM / BD3 the
+  NELBO of ``TextModel.likelihood`` (stratified u, ``--n-t`` t-points per sequence, float64
+  log-softmax), SEDD its score-entropy bound — with the standard error over sequences, the
+  ratio to the exact entropy H = H(X_1..X_L)/L of the source and to the AR NLL at the same step,
+  and the paired difference to the source's own −log p on the same sequences. Training CPU
+  seconds exclude the evaluations.
+- Table B: of ``--n`` generated sequences per sampler setting, the exact generative NLL per token
+  under the TRUE source (± s.e.), the within-sequence sample entropy (the data's beside it: a
+  sampler can lower the generative NLL by producing low-entropy sequences), the NFE counted by
+  the samplers, and tokens/s (thread CPU time and wall time).
+- Table C (speed, L = 256): MDLM, BD3 and AR of the same size on sequences of 256 tokens: the
+  Part 1 weights (RoPE, no length-dependent parameters) fine-tuned for ``--speed-steps`` steps at
+  L = 256 (batch ``--batch`` × 64 / 256 sequences: the same tokens per step as Part 1), because
+  from scratch MDLM at batch 16 is still at the unigram level (NELBO ≈ 2.03 nats vs H = 1.56)
+  after 2000 steps (``--speed-scratch`` trains from scratch). Quality is matched
+  on these trained models: q* = (1 + ``--match-tol``) × max(best generative NLL of MDLM ancestral,
+  best of BD3) over their step sweeps; each method runs at the fewest steps that reach
+  generative NLL ≤ q*. Those settings are then timed ``--repeats`` times (interleaved), with and
+  without the cache; medians are reported. A second table matches every BD3 setting with the
+  cheapest MDLM setting of the same quality.
+
+Part 2, real English text: the license texts in /usr/share/common-licenses (one version of each
+family, no near-duplicates), character tokenizer, rows of 128 characters packed with EOS between
+files, a random split of the rows. MDLM, AR and BD3 at equal size and steps: NELBO against the AR
+NLL per character (and bits per character); no exact generative perplexity exists for real text,
+so samples are scored by sample entropy and distinct-n against held-out text.
+
+Outputs (``--out``): Markdown tables on stdout and in ``tables.md``; ``results.json``;
+``gen_nll_vs_nfe.png`` (generative NLL and sample entropy against NFE per sampler) and
+``speed_l256.png``.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_text.py              # full run (~90 min on one busy core)
+    OMP_NUM_THREADS=1 python benchmarks/bench_text.py --quick      # smoke run (a few minutes)
+    options: --steps N  --batch B  --dim D --depth K --heads H  --n N  --n-nll N  --n-t T
+             --out DIR (default benchmarks/results/text)  --threads T  --skip-text  --skip-speed
+             --text-files NAMES (comma-separated, in /usr/share/common-licenses)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from genspace.config import to_dict
+from genspace.core.random import StackedGenerator
+from genspace.discrete.samplers import sample_tokens
+from genspace.discrete.schedules import get_schedule
+from genspace.experiment import build_model, load_config, load_data, sample_seeds
+from genspace.metrics.text_metrics import distinct_n, exact_generative_nll, nats_to_bits, sample_entropy
+from genspace.nets.utils import param_count
+from genspace.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+LICENSES = Path("/usr/share/common-licenses")
+# One version per license family: GFDL-1.2, LGPL-2, GPL-1 and LGPL-3 are left out because they
+# repeat (most of) the text of GFDL-1.3, LGPL-2.1, GPL-2 and GPL-3, which would put near-copies
+# of training rows into the held-out rows.
+TEXT_FILES = ("Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.3", "GPL-2", "GPL-3", "LGPL-2.1", "MPL-1.1", "MPL-2.0")
+MARKOV_MODELS = ("mdlm", "ar", "bd3", "sedd")
+TEXT_MODELS = ("mdlm", "ar", "bd3")
+EVAL_FRACTIONS = (0.25, 0.5, 1.0)
+ORDERS = ("low-confidence", "random", "margin", "entropy")
+TARGET_NELBO = 1.05  # masked-diffusion NELBO ≤ 1.05 × AR NLL
+TARGET_SPEED = 5.0  # BD3 with cache ≥ 5 × the tokens/s of full-sequence MDLM at equal quality
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- configurations
+
+
+def _common(args, steps: int, batch: int) -> list[str]:
+    """Overrides shared by every model: the network and the training loop (recipes' optimizer)."""
+    every = max(1, steps // 4)
+    return [
+        f"model.net.dim={args.dim}", f"model.net.depth={args.depth}", f"model.net.n_heads={args.heads}",
+        f"train.steps={steps}", f"train.batch_size={batch}", "train.lr=1e-3", f"train.warmup_steps={min(200, max(1, steps // 10))}",
+        "train.grad_clip=1.0", "train.ema.kind=decay", "train.ema.decay=0.999", "train.ckpt_every=null",
+        f"train.eval_every={every}", f"train.log_every={every}",
+    ]
+
+
+def markov_config(objective: str, args, *, length: int, batch: int, n_train: int, n_eval: int, steps: int):
+    """The recipe configs/text-markov-<objective>.yaml at the benchmark's size."""
+    over = _common(args, steps, batch) + [f"data.length={length}", f"data.n_train={n_train}", f"data.n_eval={n_eval}"]
+    if objective == "bd3":
+        over.append(f"model.block_size={args.block}")
+    return load_config(CONFIGS / f"text-markov-{objective}.yaml", tuple(over))
+
+
+def text_config(objective: str, args, corpus: Path):
+    """The same recipe (objective, schedule, optimizer) on the local text corpus, char tokenizer."""
+    over = _common(args, args.text_steps, args.text_batch) + [
+        "data.name=text", f"data.path={corpus}", "data.tokenizer=char", "data.text_mode=pack",
+        f"data.length={args.text_length}", f"data.n_eval={args.text_n_eval}",
+    ]
+    if objective == "bd3":
+        over.append(f"model.block_size={args.block}")
+    return load_config(CONFIGS / f"text-markov-{objective}.yaml", tuple(over))
+
+
+# ----------------------------------------------------------------------------- likelihood
+
+
+def heldout_nll(model, x: torch.Tensor, *, n_t: int, source=None, seed: int = 12345) -> dict:
+    """Per-token NLL (or bound) of held-out sequences x (N, L): mean ± s.e. over sequences,
+    the estimator's own Monte-Carlo s.e., and (synthetic source) the paired excess over the
+    source's exact −log p(x)/L on the same sequences."""
+    lik = model.likelihood(x, n_t=n_t, generator=StackedGenerator(sample_seeds(seed, len(x))))
+    per = (lik["nll"] / lik["n_tokens"]).double()  # (N,) nats per token
+    mc = (lik["stderr"] / lik["n_tokens"]).double()  # (N,)
+    n = len(per)
+    out = {
+        "nll": float(per.mean()), "nll_se": float(per.std() / math.sqrt(n)),
+        "mc_se": float(mc.pow(2).sum().sqrt() / n) if bool(torch.isfinite(mc).all()) else float("nan"),
+        "kind": lik["kind"], "estimator": lik["estimator"], "n": n, "_per": per,
+    }
+    if source is not None:
+        d = per - (-source.log_prob(x).double() / x.shape[1])
+        out["excess_over_source"], out["excess_se"] = float(d.mean()), float(d.std() / math.sqrt(n))
+    return out
+
+
+def train_model(name: str, cfg, data, *, n_nll: int, n_t: int, init=None) -> dict:
+    """Train ``cfg`` with the genspace Trainer; at 25 / 50 / 100 % of the steps measure the
+    held-out NLL of the EMA weights and the training CPU / wall time so far (evaluation excluded).
+    ``init``: a model of the same architecture whose weights start the training (fine-tuning)."""
+    model = build_model(cfg, data)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    steps = cfg.train.steps
+    at = {max(1, round(f * steps)) for f in EVAL_FRACTIONS}
+    records: list[dict] = []
+    spent = {"cpu": 0.0, "wall": 0.0}
+    held = data.heldout[:n_nll]
+
+    def evaluate(m, step):
+        if step not in at:
+            return {}
+        c0, w0 = time.process_time(), time.perf_counter()
+        row = {"step": step, "train_cpu_s": c0 - cpu0 - spent["cpu"], "train_wall_s": w0 - wall0 - spent["wall"]}
+        row.update(heldout_nll(m, held, n_t=n_t, source=data.source))
+        records.append(row)
+        _log(f"  {name} step {step}: held-out {row['kind']} {row['nll']:.4f} ± {row['nll_se']:.4f} nats/token, train cpu {row['train_cpu_s']:.0f} s")
+        spent["cpu"] += time.process_time() - c0
+        spent["wall"] += time.perf_counter() - w0
+        return {"heldout_nll": row["nll"]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, data.train, cfg.train, Path(tmp) / name, evaluate=evaluate, config_dict=to_dict(cfg), progress=False, tensorboard=False)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        last = trainer.fit()
+        cpu, wall = time.process_time() - cpu0 - spent["cpu"], time.perf_counter() - wall0 - spent["wall"]
+        ema = trainer.ema_model.eval()
+    return {"model": ema, "records": records, "params": param_count(ema), "steps": steps, "batch": cfg.train.batch_size,
+            "cpu_s": cpu, "wall_s": wall, "final_loss": {k: v for k, v in last.items() if isinstance(v, float)}, "config": to_dict(cfg)}
+
+
+# ----------------------------------------------------------------------------- exact denoiser
+
+
+class ExactMarkovDenoiser:
+    """The exact masked-diffusion denoiser of a k-th order :class:`MarkovSource` (k ≥ 1).
+
+    Absorbing noise masks positions independently of x0, so p(x0^ℓ = v | x_t) conditions on the
+    unmasked tokens only and does not depend on t (Ou et al. 2024; Zheng et al. 2024). For a
+    Markov chain it is computed exactly by forward-backward over the chain of contexts
+    z_t = (x_{t−k+1}, …, x_t) (K^k states, z_{k−1} ~ π, z_{t−1} → z_t = (z_{t−1}·K + x_t) mod K^k
+    with probability P(x_t | z_{t−1})), each state constrained to agree with the unmasked tokens.
+    O(B·L·K^{2k}) per call, float64. It mirrors the masked-diffusion part of
+    ``TextModel.sample_with_info`` so that the same samplers run on it: Table B's "exact
+    denoiser" rows separate the error of a sampler from the error of a trained network.
+    """
+
+    objective = "exact"
+
+    def __init__(self, source, schedule: str = "linear") -> None:
+        if source.order < 1:
+            raise ValueError(f"ExactMarkovDenoiser needs a chain of order >= 1, got order {source.order}")
+        k, K = source.order, source.n_symbols
+        S = K**k
+        self.k, self.K, self.S = k, K, S
+        self.mask_id, self.vocab_size = int(source.mask_id), int(source.vocab_size)
+        self.schedule = get_schedule(schedule)
+        z = torch.arange(S)
+        nxt = (z[:, None] * K + torch.arange(K)[None]) % S  # (S, K) successor state per token
+        self.M = torch.zeros(S, S, dtype=torch.float64).scatter_(1, nxt, source.transition)  # (S, S)
+        self.pi = source.stationary.double()  # (S,)
+        self.last = torch.nn.functional.one_hot(z % K, K).double()  # (S, K): state → its newest token
+        self.digit = [((z // K ** (k - 1 - j)) % K) for j in range(k)]  # token at position j of z_{k−1}
+
+    def eval(self):
+        return self
+
+    def posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """p(x0^ℓ = v | unmasked tokens of x), (B, L) → (B, L, K) float64."""
+        b, length = x.shape
+        k, masked = self.k, x == self.mask_id
+
+        def obs(t: int) -> torch.Tensor:  # (B, S) states compatible with position t (t ≥ k − 1)
+            return (masked[:, t : t + 1] | ((torch.arange(self.S) % self.K)[None] == x[:, t : t + 1])).double()
+
+        o0 = torch.ones(b, self.S, dtype=torch.float64)
+        for j in range(k):
+            o0 = o0 * (masked[:, j : j + 1] | (self.digit[j][None] == x[:, j : j + 1])).double()
+        fwd = [None] * length
+        a = self.pi[None] * o0
+        fwd[k - 1] = a / a.sum(-1, keepdim=True)
+        for t in range(k, length):
+            a = (fwd[t - 1] @ self.M) * obs(t)  # (B, S)
+            fwd[t] = a / a.sum(-1, keepdim=True)
+        out = torch.empty(b, length, self.K, dtype=torch.float64)
+        beta = torch.ones(b, self.S, dtype=torch.float64)
+        for t in range(length - 1, k - 2, -1):
+            post = fwd[t] * beta
+            post = post / post.sum(-1, keepdim=True)  # (B, S) p(z_t | unmasked tokens)
+            if t >= k:
+                out[:, t] = post @ self.last
+            else:  # z_{k−1} holds positions 0..k−1
+                for j in range(k):
+                    out[:, j] = post @ torch.nn.functional.one_hot(self.digit[j], self.K).double()
+            if t >= k:
+                beta = (obs(t) * beta) @ self.M.T  # (B, S) likelihood of positions ≥ t given z_{t−1}
+                beta = beta / beta.sum(-1, keepdim=True)
+        return out
+
+    def log_probs(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """SUBS log-probabilities (B, L, V): −inf on the mask column."""
+        out = torch.full((*x_t.shape, self.vocab_size), -math.inf, dtype=torch.float64)
+        out[..., : self.K] = self.posterior(x_t).log()
+        return out
+
+    def log_probs_fn(self):
+        return self.log_probs
+
+    def sample_with_info(self, n: int, *, length: int, generator=None, method: str, steps=None, **options):
+        x_init = torch.full((n, length), self.mask_id, dtype=torch.long)
+        kwargs = dict(mask_id=self.mask_id, generator=generator, vocab_size=self.vocab_size)
+        if method in ("ancestral", "top-k", "semi-ar"):
+            kwargs["steps"] = int(steps if steps is not None else length)
+        if method in ("ancestral", "top-k", "threshold", "semi-ar", "first-hitting"):
+            kwargs["schedule"] = self.schedule
+        if method == "ancestral":
+            kwargs["time_independent"] = True
+        if method == "semi-ar":
+            kwargs["block_length"] = options.pop("block_length", max(1, length // 4))
+        return sample_tokens(method, self.log_probs, x_init, **kwargs, **options)
+
+
+def _vocab(model) -> int:
+    return int(getattr(model, "vocab_size", None) or model.net.config.vocab_size)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def generate(model, n: int, length: int, *, method: str, steps, batch: int, cache: bool = True, seed: int = 0, **options) -> tuple[torch.Tensor, dict]:
+    """``n`` sequences in batches, sequence i from its own seed (batch-size independent).
+
+    ``cache=False``: AR / block without the KV cache (``use_cache=False``); ancestral without
+    MDLM's reuse of the network output after steps that revealed nothing
+    (``time_independent=False``, called through ``sample_tokens`` since ``sample_with_info`` sets
+    that option itself). Returns the tokens and {nfe (mean per call), cpu_s (thread CPU),
+    wall_s, tokens_per_s_cpu, tokens_per_s_wall}; for the unmasking samplers (top-k,
+    threshold, semi-ar) also row_steps, the mean number of steps in which a sequence still had
+    tokens to reveal (the batch runs until its slowest sequence is done: NFE = max over rows).
+    """
+    model.eval()
+    seeds = sample_seeds(seed, n)
+    out, nfes, cpu, wall, row_steps = [], [], 0.0, 0.0, []
+    per_row = method in ("top-k", "threshold", "semi-ar")
+    for start in range(0, n, batch):
+        chunk = seeds[start : start + batch]
+        g = StackedGenerator(chunk)
+        c0, w0 = time.thread_time(), time.perf_counter()
+        if method == "ancestral" and not cache:
+            x_init = torch.full((len(chunk), length), model.mask_id, dtype=torch.long)
+            x, info = sample_tokens("ancestral", model.log_probs_fn(), x_init, mask_id=model.mask_id, steps=int(steps), schedule=model.schedule,
+                                    time_independent=False, generator=g, vocab_size=_vocab(model))
+        else:
+            opts = dict(options)
+            if method in ("ar", "block"):
+                opts["use_cache"] = cache
+            counts = torch.zeros(len(chunk))
+            if per_row:
+                def count(d, counts=counts):
+                    counts += d["unmasked"].any(-1).cpu().double()
+                opts["callback"] = count
+            x, info = model.sample_with_info(len(chunk), length=length, generator=g, method=method, steps=steps, **opts)
+            if per_row:
+                row_steps.append(counts)
+        cpu += time.thread_time() - c0
+        wall += time.perf_counter() - w0
+        out.append(x.cpu())
+        nfes.append(info["nfe"])
+    x = torch.cat(out)
+    tokens = x.numel()
+    stats = {"nfe": sum(nfes) / len(nfes), "cpu_s": cpu, "wall_s": wall,
+             "tokens_per_s_cpu": tokens / cpu if cpu > 0 else math.inf, "tokens_per_s_wall": tokens / wall if wall > 0 else math.inf}
+    if row_steps:
+        stats["row_steps"] = float(torch.cat(row_steps).mean())
+    return x, stats
+
+
+def markov_metrics(x: torch.Tensor, source) -> dict:
+    g = exact_generative_nll(x, source)
+    h = sample_entropy(x)
+    return {"gen_nll": g.mean, "gen_nll_se": g.stderr, "invalid": g.invalid_fraction, "entropy": h.mean, "entropy_se": h.stderr}
+
+
+def markov_grid(objective: str, quick: bool, length: int) -> list[dict]:
+    """Sampler settings of Table B for one model: {label, method, steps, cache, options}."""
+    steps = [8, 64] if quick else [4, 8, 16, 32, 64, 128, 256]
+    short = [8, 32] if quick else [8, 16, 32, 64]
+    rows: list[dict] = []
+
+    def add(label, method, s, cache=True, **options):
+        rows.append({"label": label, "method": method, "steps": s, "cache": cache, "options": options})
+
+    if objective in ("mdlm", "exact"):
+        for s in steps:
+            add("ancestral (cached)", "ancestral", s)
+        if objective == "mdlm":
+            for s in ([8] if quick else [16, 64, 256]):
+                add("ancestral (no cache)", "ancestral", s, cache=False)
+        add("first-hitting", "first-hitting", None)
+        for order in ORDERS:
+            for s in short:
+                add(f"top-k {order}", "top-k", s, order=order)
+        for tau in ([0.3, 0.9] if quick else [0.2, 0.3, 0.5, 0.7, 0.9]):
+            add(f"threshold τ={tau:g}", "threshold", None, threshold=tau)
+        for s in short:
+            add(f"semi-ar top-k (block {length // 4})", "semi-ar", s, block_length=length // 4)
+        add(f"semi-ar threshold τ=0.5 (block {length // 4})", "semi-ar", None, block_length=length // 4, rule="threshold", threshold=0.5)
+        if objective == "mdlm":
+            for s in short:
+                add("sedd-tweedie", "sedd-tweedie", s)
+    elif objective == "sedd":
+        for s in [8, 64]:
+            add("ancestral (cached)", "ancestral", s)
+        for method in ("sedd-euler", "sedd-tweedie"):
+            for s in ([8, 64] if quick else [4, 8, 16, 32, 64, 128]):
+                add(method, method, s)
+    elif objective == "bd3":
+        for s in ([1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]):
+            add("block (cached)", "block", s)
+            if s in ((1,) if quick else (1, 4, 16)):
+                add("block (no cache)", "block", s, cache=False)
+    else:
+        add("ar (cached)", "ar", None)
+        add("ar (no cache)", "ar", None, cache=False)
+    return rows
+
+
+def sampler_sweep(name: str, model, source, grid: list[dict], *, n: int, length: int, batch: int) -> list[dict]:
+    """Table B rows of one model; the uncached twin of a cached setting is checked to give
+    the same tokens (it must: the cache is exact)."""
+    rows, cached_tokens = [], {}
+    for g in grid:
+        x, st = generate(model, n, length, method=g["method"], steps=g["steps"], batch=batch, cache=g["cache"], **g["options"])
+        r = {"model": name, "label": g["label"], "method": g["method"], "steps": g["steps"], "cache": g["cache"], "options": g["options"], **st, **markov_metrics(x, source)}
+        key = (g["method"], g["steps"], json.dumps(g["options"], sort_keys=True))
+        if g["cache"]:
+            cached_tokens[key] = x
+        elif key in cached_tokens:
+            r["same_tokens_as_cached"] = bool(torch.equal(x, cached_tokens[key]))
+        rows.append(r)
+        _log(f"  {name} {g['label']:34s} steps {str(g['steps']):>4s}: NFE {r['nfe']:6.1f}  gen NLL {r['gen_nll']:.4f} ± {r['gen_nll_se']:.4f}  "
+             f"entropy {r['entropy']:.3f}  {r['tokens_per_s_cpu']:8.0f} tok/s (cpu)")
+    return rows
+
+
+# ----------------------------------------------------------------------------- speed (Table C)
+
+
+def speed_section(args, quick: bool, init: dict) -> dict:
+    """Train MDLM / BD3 / AR at L = args.speed_length (starting from the Part 1 models ``init``
+    unless --speed-scratch), match quality, time with and without cache."""
+    length = args.speed_length
+    batch = max(1, args.batch * 64 // length)
+    models, data = {}, None
+    for obj in ("mdlm", "bd3", "ar"):
+        cfg = markov_config(obj, args, length=length, batch=batch, n_train=args.n_train, n_eval=max(args.speed_n, 64), steps=args.speed_steps)
+        if data is None:
+            data = load_data(cfg.data)
+        _log(f"training {obj}-L{length} for {cfg.train.steps} steps, batch {batch}")
+        models[obj] = train_model(f"{obj}-L{length}", cfg, data, n_nll=min(args.n_nll, 128), n_t=max(4, args.n_t // 2),
+                                  init=None if args.speed_scratch else init[obj])
+    source = data.source
+    sweep = []
+    mdlm_steps = [32, 256] if quick else [16, 32, 64, 128, 256, 512]
+    bd3_steps = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
+    for obj, method, steps in [("mdlm", "ancestral", mdlm_steps), ("bd3", "block", bd3_steps), ("ar", "ar", [None])]:
+        for s in steps:
+            x, st = generate(models[obj]["model"], args.speed_n, length, method=method, steps=s, batch=args.speed_batch)
+            r = {"model": obj, "method": method, "steps": s, **st, **markov_metrics(x, source)}
+            sweep.append(r)
+            _log(f"  L{length} {obj} {method} steps {s}: NFE {r['nfe']:.1f} gen NLL {r['gen_nll']:.4f} ± {r['gen_nll_se']:.4f} entropy {r['entropy']:.3f} {r['tokens_per_s_cpu']:.0f} tok/s (cpu)")
+    best = {obj: min(r["gen_nll"] for r in sweep if r["model"] == obj) for obj in ("mdlm", "bd3")}
+    q_star = (1.0 + args.match_tol) * max(best.values())
+    chosen = {}
+    for obj in ("mdlm", "bd3"):
+        ok = [r for r in sweep if r["model"] == obj and r["gen_nll"] <= q_star]
+        chosen[obj] = min(ok, key=lambda r: r["steps"])
+    chosen["ar"] = next(r for r in sweep if r["model"] == "ar")
+    # every quality level of BD3: the cheapest MDLM setting that is as good (within the tolerance)
+    frontier = []
+    for rb in (r for r in sweep if r["model"] == "bd3"):
+        ok = [r for r in sweep if r["model"] == "mdlm" and r["gen_nll"] <= (1.0 + args.match_tol) * rb["gen_nll"]]
+        rm = min(ok, key=lambda r: r["steps"]) if ok else None
+        frontier.append({"bd3_steps": rb["steps"], "bd3_gen_nll": rb["gen_nll"], "bd3_tps": rb["tokens_per_s_cpu"],
+                         "mdlm_steps": None if rm is None else rm["steps"], "mdlm_gen_nll": None if rm is None else rm["gen_nll"],
+                         "mdlm_tps": None if rm is None else rm["tokens_per_s_cpu"], "ratio": None if rm is None else rb["tokens_per_s_cpu"] / rm["tokens_per_s_cpu"]})
+    # timing of the matched settings, with and without the cache, interleaved
+    runs = [("bd3", "block", True), ("bd3", "block", False), ("mdlm", "ancestral", True), ("mdlm", "ancestral", False), ("ar", "ar", True), ("ar", "ar", False)]
+    timing = {k: [] for k in runs}
+    n_time = args.speed_batch
+    for rep in range(args.repeats):
+        for key in runs:
+            obj, method, cache = key
+            _, st = generate(models[obj]["model"], n_time, length, method=method, steps=chosen[obj]["steps"], batch=n_time, cache=cache, seed=100 + rep)
+            timing[key].append(st)
+    table = []
+    for key in runs:
+        obj, method, cache = key
+        sts = timing[key]
+        c = chosen[obj]
+        table.append({
+            "model": obj, "method": method, "cache": cache, "steps": c["steps"], "nfe": statistics.median(s["nfe"] for s in sts),
+            "tokens_per_s_cpu": statistics.median(s["tokens_per_s_cpu"] for s in sts), "tokens_per_s_wall": statistics.median(s["tokens_per_s_wall"] for s in sts),
+            "gen_nll": c["gen_nll"], "gen_nll_se": c["gen_nll_se"], "entropy": c["entropy"],
+        })
+    get = {(r["model"], r["cache"]): r for r in table}
+    ratio_cpu = get[("bd3", True)]["tokens_per_s_cpu"] / get[("mdlm", True)]["tokens_per_s_cpu"]
+    ratio_wall = get[("bd3", True)]["tokens_per_s_wall"] / get[("mdlm", True)]["tokens_per_s_wall"]
+    ratio_nocache = get[("bd3", True)]["tokens_per_s_cpu"] / get[("mdlm", False)]["tokens_per_s_cpu"]
+    return {
+        "length": length, "batch_train": batch, "n_quality": args.speed_n, "n_timing": n_time, "repeats": args.repeats,
+        "models": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in models.items()},
+        "sweep": sweep, "best": best, "q_star": q_star, "match_tol": args.match_tol, "chosen_steps": {k: v["steps"] for k, v in chosen.items()},
+        "table": table, "frontier": frontier, "ratio_cpu": ratio_cpu, "ratio_wall": ratio_wall, "ratio_vs_uncached_mdlm": ratio_nocache,
+        "source_entropy": source.sequence_entropy(length) / length,
+        "data_entropy": sample_entropy(data.heldout[: args.speed_n]).mean,
+        "data_gen_nll": exact_generative_nll(data.heldout[: args.speed_n], source).mean,
+    }
+
+
+# ----------------------------------------------------------------------------- real text
+
+
+def corpus_folder(names: tuple[str, ...], folder: Path) -> list[dict]:
+    """Symlinks <name>.txt → /usr/share/common-licenses/<name> in ``folder`` (the loader reads *.txt)."""
+    files = []
+    for name in names:
+        src = LICENSES / name
+        if not src.is_file():
+            raise FileNotFoundError(f"{src} does not exist (pick files with --text-files)")
+        (folder / f"{name}.txt").symlink_to(src.resolve())
+        text = src.read_text(encoding="utf-8")
+        files.append({"name": name, "bytes": src.stat().st_size, "chars": len(text)})
+    return files
+
+
+def _strip(x: torch.Tensor, tok) -> list[torch.Tensor]:
+    """Sequences without PAD (samples stopped at EOS are padded after it)."""
+    return [row[row != tok.pad_id] for row in x]
+
+
+def text_section(args, quick: bool) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        files = corpus_folder(tuple(args.text_files.split(",")), folder)
+        runs, data = {}, None
+        for obj in TEXT_MODELS:
+            cfg = text_config(obj, args, folder)
+            if data is None:
+                data = load_data(cfg.data)
+            _log(f"training text-{obj} for {cfg.train.steps} steps, batch {cfg.train.batch_size}")
+            runs[obj] = train_model(f"text-{obj}", cfg, data, n_nll=args.text_n_eval, n_t=args.n_t)
+    tok, length = data.tokenizer, data.shape[0]
+    ref = data.reference[: args.text_n]
+    specials = (tok.pad_id,)
+    out_ref = {"entropy": sample_entropy(ref, ignore_ids=specials).mean, "distinct_2": distinct_n(_strip(ref, tok), 2), "distinct_3": distinct_n(_strip(ref, tok), 3),
+               "distinct_4": distinct_n(_strip(ref, tok), 4)}
+    grid = {"mdlm": [("ancestral", s, {}) for s in ([32, 128] if quick else [32, 128, 512])] + [("first-hitting", None, {}), ("top-k", 128, {"order": "low-confidence"})],
+            "ar": [("ar", None, {})], "bd3": [("block", s, {}) for s in ([1, 8] if quick else [2, 8])]}
+    samples, texts = [], {}
+    for obj, settings in grid.items():
+        for method, s, opts in settings:
+            x, st = generate(runs[obj]["model"], args.text_n, length, method=method, steps=s, batch=args.text_n, **opts)
+            seqs = _strip(x, tok)
+            r = {"model": obj, "method": method, "steps": s, "options": opts, **st,
+                 "entropy": sample_entropy(x, ignore_ids=specials).mean, "distinct_2": distinct_n(seqs, 2), "distinct_3": distinct_n(seqs, 3), "distinct_4": distinct_n(seqs, 4),
+                 "mean_length": sum(len(q) for q in seqs) / len(seqs)}
+            samples.append(r)
+            texts[f"{obj} {method}" + (f" {s}" if s else "")] = [tok.decode(x[i]) for i in range(3)]
+            _log(f"  text {obj} {method} {s}: entropy {r['entropy']:.3f} distinct-2 {r['distinct_2']:.3f} distinct-3 {r['distinct_3']:.3f}")
+    return {"files": files, "total_chars": sum(f["chars"] for f in files), "n_rows": len(data.train[0]) + len(data.reference) + len(data.heldout),
+            "n_train_rows": len(data.train[0]), "n_heldout_rows": len(data.heldout), "length": length, "vocab_size": tok.vocab_size, "n_symbols": tok.n_symbols,
+            "models": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()},
+            "reference": out_ref, "n_samples": args.text_n, "samples": samples, "texts": texts, "data_texts": [tok.decode(data.reference[i]) for i in range(2)]}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _pm(m: float, se: float, d: int = 4) -> str:
+    return f"{m:.{d}f} ± {se:.{d}f}"
+
+
+def table_a(runs: dict, h: float, ar_name: str = "ar", title: str = "", unit: str = "nats/token", bits: bool = False) -> str:
+    names = list(runs)
+    ar = {r["step"]: r for r in runs[ar_name]["records"]} if ar_name in runs else {}
+    out = [f"### {title}", ""]
+    head = "| model | kind | parameters | step | held-out NLL " + f"({unit})" + (" | bits | " if bits else " | ")
+    head += ("ratio to H | excess over source (paired) | " if h is not None else "") + "ratio to AR (same step) | train CPU s |"
+    out.append(head)
+    n_cols = head.count("|") - 1
+    out.append("|" + "---|" * n_cols)
+    for name in names:
+        run = runs[name]
+        for r in run["records"]:
+            cells = [name, r["kind"], f"{run['params']:,}", str(r["step"]), _pm(r["nll"], r["nll_se"])]
+            if bits:
+                cells.append(f"{nats_to_bits(r['nll']):.3f}")
+            if h is not None:
+                cells += [f"{r['nll'] / h:.4f}", _pm(r["excess_over_source"], r["excess_se"])]
+            a = ar.get(r["step"])
+            if a is not None and name != ar_name:
+                d = r["_per"] - a["_per"]
+                cells.append(f"{r['nll'] / a['nll']:.4f} (Δ {_pm(float(d.mean()), float(d.std() / math.sqrt(len(d))))})")
+            else:
+                cells.append("1" if name == ar_name else "")
+            cells.append(f"{r['train_cpu_s']:.0f}")
+            out.append("| " + " | ".join(cells) + " |")
+    est = {name: run["records"][-1]["estimator"] for name, run in runs.items()}
+    out.append("")
+    out += [f"- {name}: {e}" for name, e in est.items()]
+    return "\n".join(out)
+
+
+def table_b(rows: list[dict], ref: dict) -> str:
+    out = ["### B. Markov source: exact generative NLL (under the true source) and sample entropy against NFE", ""]
+    out.append(f"Reference: source entropy H = {ref['h']:.4f} nats/token; held-out data: generative NLL {_pm(ref['data_gen_nll'], ref['data_gen_nll_se'])}, "
+               f"sample entropy {ref['data_entropy']:.3f} nats (the entropy of the token histogram WITHIN a sequence, averaged over sequences: not comparable to H, "
+               f"compare it with the data's). {ref['n']} sequences per row; tokens/s from thread CPU time (wall in parentheses), batch {ref['batch']}. "
+               f"NFE: network calls per batch, counted by the samplers; for threshold / semi-ar, '(rows n)' is the mean number of steps in which a sequence "
+               f"still had masked tokens (a batch runs until its slowest row is done). 'exact denoiser': the true posterior p(x0^ℓ | unmasked tokens) of the "
+               f"source by forward-backward — the sampler's own error, without a network's.")
+    out += ["", "| model | sampler | steps | NFE | gen NLL/token | invalid | sample entropy | tokens/s CPU (wall) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        same = "" if "same_tokens_as_cached" not in r else (" = cached tokens" if r["same_tokens_as_cached"] else " ≠ cached tokens!")
+        nfe = f"{r['nfe']:.1f}" + (f" (rows {r['row_steps']:.1f})" if "row_steps" in r and r["method"] != "top-k" else "")
+        model = "exact denoiser" if r["model"] == "exact" else r["model"]
+        out.append(f"| {model} | {r['label']}{same} | {r['steps'] if r['steps'] is not None else '–'} | {nfe} | {_pm(r['gen_nll'], r['gen_nll_se'])} | "
+                   f"{100 * r['invalid']:.1f}% | {r['entropy']:.3f} | {r['tokens_per_s_cpu']:,.0f} ({r['tokens_per_s_wall']:,.0f}) |")
+    return "\n".join(out)
+
+
+def table_c(sp: dict) -> str:
+    out = [f"### C. Speed at L = {sp['length']}: quality sweep on the trained L = {sp['length']} models", ""]
+    out.append(f"Source H = {sp['source_entropy']:.4f} nats/token; held-out data: generative NLL {sp['data_gen_nll']:.4f}, sample entropy {sp['data_entropy']:.3f}. "
+               f"{sp['n_quality']} sequences per row.")
+    out += ["", "| model | sampler | steps | NFE | gen NLL/token | sample entropy | tokens/s CPU (wall) |", "|---|---|---|---|---|---|---|"]
+    for r in sp["sweep"]:
+        out.append(f"| {r['model']} | {r['method']} | {r['steps'] if r['steps'] is not None else '–'} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | {r['entropy']:.3f} | "
+                   f"{r['tokens_per_s_cpu']:,.0f} ({r['tokens_per_s_wall']:,.0f}) |")
+    out += ["", f"Quality matching: best generative NLL MDLM {sp['best']['mdlm']:.4f}, BD3 {sp['best']['bd3']:.4f}; q* = (1 + {sp['match_tol']:g}) × max = {sp['q_star']:.4f}; "
+            f"each method at the fewest steps with generative NLL ≤ q*: MDLM ancestral {sp['chosen_steps']['mdlm']} steps, BD3 {sp['chosen_steps']['bd3']} steps per block.", ""]
+    out += [f"Timing at matched quality: {sp['n_timing']} sequences per call, median of {sp['repeats']} interleaved repeats.", ""]
+    out += ["| model | sampler | cache | steps | NFE | gen NLL/token | tokens/s CPU | tokens/s wall |", "|---|---|---|---|---|---|---|---|"]
+    for r in sp["table"]:
+        cache = "KV cache" if r["method"] in ("block", "ar") and r["cache"] else ("reuse when unchanged" if r["cache"] else "none")
+        out.append(f"| {r['model']} | {r['method']} | {cache} | {r['steps'] if r['steps'] is not None else '–'} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | "
+                   f"{r['tokens_per_s_cpu']:,.0f} | {r['tokens_per_s_wall']:,.0f} |")
+    out += ["", f"Every BD3 quality level against the cheapest MDLM ancestral setting with generative NLL ≤ (1 + {sp['match_tol']:g}) × BD3's "
+            "(tokens/s from the sweep above, one measurement each):", "",
+            "| BD3 steps/block | BD3 gen NLL | BD3 tokens/s | MDLM steps | MDLM gen NLL | MDLM tokens/s | BD3 / MDLM |", "|---|---|---|---|---|---|---|"]
+    for f in sp["frontier"]:
+        if f["mdlm_steps"] is None:
+            out.append(f"| {f['bd3_steps']} | {f['bd3_gen_nll']:.4f} | {f['bd3_tps']:,.0f} | not reached | | | |")
+        else:
+            out.append(f"| {f['bd3_steps']} | {f['bd3_gen_nll']:.4f} | {f['bd3_tps']:,.0f} | {f['mdlm_steps']} | {f['mdlm_gen_nll']:.4f} | {f['mdlm_tps']:,.0f} | {f['ratio']:.2f}× |")
+    verdict = "PASS" if sp["ratio_cpu"] >= TARGET_SPEED else "FAIL"
+    out += ["", f"BD3 (KV cache) / MDLM ancestral (with its caching), equal quality: {sp['ratio_cpu']:.2f}× by CPU time ({sp['ratio_wall']:.2f}× by wall time); "
+            f"against MDLM without caching {sp['ratio_vs_uncached_mdlm']:.2f}×. Target ≥ {TARGET_SPEED:g}×: **{verdict}**."]
+    return "\n".join(out)
+
+
+def table_text(tx: dict) -> str:
+    ref = tx["reference"]
+    out = ["### E. Real text: samples (no exact generative perplexity exists for real text)", ""]
+    out.append(f"Held-out text rows: sample entropy {ref['entropy']:.3f} nats, distinct-2 {ref['distinct_2']:.3f}, distinct-3 {ref['distinct_3']:.3f}, distinct-4 {ref['distinct_4']:.3f} "
+               f"({tx['n_samples']} rows, as many as samples per setting).")
+    out += ["", "| model | sampler | steps | NFE | sample entropy | distinct-2 | distinct-3 | distinct-4 | mean length | tokens/s CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in tx["samples"]:
+        out.append(f"| {r['model']} | {r['method']} | {r['steps'] if r['steps'] is not None else '–'} | {r['nfe']:.1f} | {r['entropy']:.3f} | {r['distinct_2']:.3f} | "
+                   f"{r['distinct_3']:.3f} | {r['distinct_4']:.3f} | {r['mean_length']:.0f} | {r['tokens_per_s_cpu']:,.0f} |")
+    return "\n".join(out)
+
+
+def verdict_nelbo(runs: dict, name: str = "mdlm") -> str:
+    m, a = runs[name]["records"][-1], runs["ar"]["records"][-1]
+    ratio = m["nll"] / a["nll"]
+    return f"{name} NELBO / AR NLL at equal parameters ({runs[name]['params']:,}) and steps ({runs[name]['steps']}): {ratio:.4f}; target ≤ {TARGET_NELBO:g}: **{'PASS' if ratio <= TARGET_NELBO else 'FAIL'}**"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figure_nfe(rows: list[dict], ref: dict, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(15, 4.6), dpi=110)
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["cache"] or r["method"] not in ("ancestral", "block", "ar"):
+            groups.setdefault((r["model"], r["label"]), []).append(r)
+    for (model, label), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["nfe"])
+        style = ("o-" if len(rs) > 1 else "s") if model != "exact" else ("^--" if len(rs) > 1 else "^")
+        ax = ax2 if model == "exact" else ax1
+        ax.plot([r["nfe"] for r in rs], [r["gen_nll"] for r in rs], style, ms=3.5, lw=1, label=f"{model}: {label}")
+        ax3.plot([r["nfe"] for r in rs], [r["entropy"] for r in rs], style, ms=3.0, lw=0.8, alpha=0.8)
+    for ax in (ax1, ax2):
+        ax.axhline(ref["h"], color="k", ls="--", lw=1, label="source entropy H")
+        ax.set_ylabel("exact generative NLL (nats/token)")
+        ax.legend(fontsize=5.5, ncol=2)
+    ax3.axhline(ref["data_entropy"], color="k", ls="--", lw=1, label="held-out data")
+    ax3.set_ylabel("sample entropy (nats; dashed markers: exact denoiser)")
+    ax3.legend(fontsize=7)
+    for ax in (ax1, ax2, ax3):
+        ax.set_xscale("log"), ax.set_xlabel("NFE (network calls per batch)")
+    ax1.set_title("trained models (Markov source, L = 64)")
+    ax2.set_title("the same samplers on the exact denoiser")
+    ax3.set_title("within-sequence entropy (low = degenerate)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def figure_speed(sp: dict, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=110)
+    ax = fig.subplots()
+    for obj, label in (("mdlm", "MDLM ancestral (full sequence)"), ("bd3", "BD3 block (KV cache)"), ("ar", "AR (KV cache)")):
+        rs = [r for r in sp["sweep"] if r["model"] == obj]
+        ax.plot([r["tokens_per_s_cpu"] for r in rs], [r["gen_nll"] for r in rs], "o-", ms=4, label=label)
+        for r in rs:
+            if r["steps"] is not None:
+                ax.annotate(str(r["steps"]), (r["tokens_per_s_cpu"], r["gen_nll"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(sp["q_star"], color="grey", ls=":", label="q* (matched quality)")
+    ax.axhline(sp["source_entropy"], color="k", ls="--", lw=1, label="source entropy H")
+    ax.set_xscale("log"), ax.set_xlabel("generated tokens per CPU second"), ax.set_ylabel("exact generative NLL (nats/token)")
+    ax.set_title(f"L = {sp['length']}: quality against speed (labels: steps)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny steps, few samples and sampler settings")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every model (default 3000; quick 60)")
+    p.add_argument("--speed-steps", type=int, default=None, help="training steps of the L = 256 models of Table C (default 1000; quick: --steps)")
+    p.add_argument("--speed-scratch", action="store_true", help="train the L = 256 models from scratch (default: fine-tune the Part 1 models)")
+    p.add_argument("--text-steps", type=int, default=None, help="training steps of the Part 2 models (default: --steps)")
+    p.add_argument("--batch", type=int, default=64, help="batch of the L = 64 Markov models (sequences); L = 256: batch × 64 / 256")
+    p.add_argument("--dim", type=int, default=64, help="Transformer width of every model")
+    p.add_argument("--depth", type=int, default=2, help="Transformer blocks of every model")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--block", type=int, default=8, help="BD3 block size")
+    p.add_argument("--n-train", type=int, default=20_000, help="Markov training sequences (the recipes' value)")
+    p.add_argument("--n", type=int, default=None, help="samples per sampler setting, L = 64 (default 512; quick 64)")
+    p.add_argument("--sample-batch", type=int, default=256, help="sequences per sampler call, L = 64")
+    p.add_argument("--n-nll", type=int, default=None, help="held-out sequences for the NLL (default 512; quick 64)")
+    p.add_argument("--n-t", type=int, default=None, help="t-points per sequence of the NELBO (default 32; quick 4)")
+    p.add_argument("--speed-length", type=int, default=256, help="sequence length of the speed table")
+    p.add_argument("--speed-n", type=int, default=None, help="samples per setting of the L = 256 quality sweep (default 128; quick 32)")
+    p.add_argument("--speed-batch", type=int, default=None, help="sequences per call in the speed table (default 64; quick 16)")
+    p.add_argument("--repeats", type=int, default=None, help="timing repeats of the speed table (default 3; quick 1)")
+    p.add_argument("--match-tol", type=float, default=0.02, help="quality matching: generative NLL within this fraction of the worse best")
+    p.add_argument("--text-files", default=",".join(TEXT_FILES), help="files of /usr/share/common-licenses for Part 2")
+    p.add_argument("--text-length", type=int, default=128, help="characters per row of Part 2")
+    p.add_argument("--text-batch", type=int, default=32, help="batch of Part 2 (rows)")
+    p.add_argument("--text-n-eval", type=int, default=200, help="held-out rows of Part 2 (each of two held-out sets)")
+    p.add_argument("--text-n", type=int, default=None, help="samples per setting of Part 2 (default 128; quick 16)")
+    p.add_argument("--skip-text", action="store_true", help="skip Part 2")
+    p.add_argument("--skip-speed", action="store_true", help="skip Table C")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text"), help="output folder")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.steps = args.steps or (60 if q else 3000)
+    args.speed_steps = args.speed_steps or (args.steps if q else 1000)
+    args.text_steps = args.text_steps or args.steps
+    args.n = args.n or (64 if q else 512)
+    args.n_nll = args.n_nll or (64 if q else 512)
+    args.n_t = args.n_t or (4 if q else 32)
+    args.speed_n = args.speed_n or (32 if q else 128)
+    args.speed_batch = args.speed_batch or (16 if q else 64)
+    args.repeats = args.repeats or (1 if q else 3)
+    args.text_n = args.text_n or (16 if q else 128)
+    if q:
+        args.text_n_eval = min(args.text_n_eval, 32)
+        args.n_train = min(args.n_train, 2000)
+    return args
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items() if not k.startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    length = 64
+    command = "OMP_NUM_THREADS=%d python benchmarks/bench_text.py %s" % (args.threads, " ".join(sys.argv[1:] if argv is None else argv))
+    lines = [f"# genspace discrete-diffusion benchmark\n\ncommand: `{command}`\n",
+             f"Every model: Transformer dim {args.dim}, depth {args.depth}, {args.heads} heads; {args.steps} steps (L = {args.speed_length}: {args.speed_steps}; "
+             f"text: {args.text_steps}); AdamW lr 1e-3, warm-up min(200, steps/10), grad clip 1, EMA 0.999 (warm-up); torch threads {args.threads}.\n"]
+
+    # ---- Part 1: Markov source, L = 64
+    cfgs = {obj: markov_config(obj, args, length=length, batch=args.batch, n_train=args.n_train, n_eval=max(args.n_nll, args.n, 1000 if not args.quick else 64), steps=args.steps)
+            for obj in MARKOV_MODELS}
+    data = load_data(cfgs["mdlm"].data)
+    source = data.source
+    h = source.sequence_entropy(length) / length
+    _log(f"Markov source: {source!r}; H = {h:.4f} nats/token (entropy rate {source.entropy_rate:.4f})")
+    runs = {}
+    for obj in MARKOV_MODELS:
+        _log(f"training {obj} for {args.steps} steps, batch {args.batch}")
+        runs[obj] = train_model(obj, cfgs[obj], data, n_nll=args.n_nll, n_t=args.n_t)
+    params = {k: v["params"] for k, v in runs.items()}
+    held = data.heldout[: args.n]
+    g_data = exact_generative_nll(held, source)
+    ref = {"h": h, "entropy_rate": source.entropy_rate, "data_gen_nll": g_data.mean, "data_gen_nll_se": g_data.stderr,
+           "data_entropy": sample_entropy(held).mean, "n": args.n, "batch": args.sample_batch}
+    lines.append(table_a(runs, h, title=f"A. Markov source (8 symbols, order 2, concentration 0.5, L = {length}; H = {h:.4f} nats/token): held-out NLL, "
+                                        f"{args.n_nll} sequences, batch {args.batch}, {args.steps} steps, parameters {sorted(set(params.values()))}"))
+    lines.append("\n" + verdict_nelbo(runs, "mdlm") + "\n")
+    for other in ("sedd", "bd3"):
+        lines.append("(for reference) " + verdict_nelbo(runs, other).replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
+
+    sweep = []
+    for obj in MARKOV_MODELS:
+        sweep += sampler_sweep(obj, runs[obj]["model"], source, markov_grid(obj, args.quick, length), n=args.n, length=length, batch=args.sample_batch)
+    sweep += sampler_sweep("exact", ExactMarkovDenoiser(source), source, markov_grid("exact", args.quick, length), n=args.n, length=length, batch=args.sample_batch)
+    lines.append(table_b(sweep, ref) + "\n")
+    tag = "-quick" if args.quick else ""
+    fig1 = figure_nfe(sweep, ref, out / f"gen_nll_vs_nfe{tag}.png")
+
+    results = {"command": command, "args": vars(args), "markov": {"source": repr(source), "reference": ref, "params": params,
+               "models": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()}, "sweep": sweep}}
+    figs = [str(fig1)]
+
+    # ---- Table C: speed at L = 256
+    if not args.skip_speed:
+        sp = speed_section(args, args.quick, {k: v["model"] for k, v in runs.items()})
+        lines.append(table_a({k: {**v, "records": v["records"]} for k, v in sp["models"].items()}, sp["source_entropy"],
+                             title=f"C0. L = {sp['length']} models for the speed table (batch {sp['batch_train']}, {args.speed_steps} steps"
+                                   + (" from scratch" if args.speed_scratch else ", starting from the Part 1 (L = 64) weights") + "): held-out NLL") + "\n")
+        lines.append(table_c(sp) + "\n")
+        figs.append(str(figure_speed(sp, out / f"speed_l{sp['length']}{tag}.png")))
+        results["speed"] = sp
+
+    # ---- Part 2: real text
+    if not args.skip_text:
+        tx = text_section(args, args.quick)
+        files = ", ".join(f"{f['name']} ({f['chars']:,})" for f in tx["files"])
+        lines.append(f"### D. Real text: {len(tx['files'])} license texts of /usr/share/common-licenses, {tx['total_chars']:,} characters: {files}\n\n"
+                     f"Character tokenizer ({tx['n_symbols']} characters + EOS, PAD, mask), rows of {tx['length']} packed with EOS between files: "
+                     f"{tx['n_rows']} rows, {tx['n_train_rows']} for training, two held-out sets of {tx['n_heldout_rows']} rows (random split of rows; "
+                     f"NLL on one of them). batch {args.text_batch}, {args.text_steps} steps.\n")
+        lines.append(table_a(tx["models"], None, title="D. Real text: held-out NLL per character", unit="nats/char", bits=True))
+        lines.append("\n" + verdict_nelbo(tx["models"], "mdlm") + "\n")
+        lines.append("(for reference) " + verdict_nelbo(tx["models"], "bd3").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
+        lines.append(table_text(tx) + "\n")
+        lines.append("Samples (first 3 of each; `<|eos|>` marks a file boundary):\n")
+        for key, texts in tx["texts"].items():
+            lines.append(f"**{key}**\n")
+            lines += ["```", *[t.replace("\n", "⏎") for t in texts], "```", ""]
+        lines += ["**held-out data**\n", "```", *[t.replace("\n", "⏎") for t in tx["data_texts"]], "```", ""]
+        results["text"] = tx
+
+    total = time.perf_counter() - t_start
+    lines.append(f"figures: {', '.join(figs)}; total wall time {total / 60:.1f} min")
+    text = "\n".join(lines)
+    print(text)
+    (out / ("tables-quick.md" if args.quick else "tables.md")).write_text(text + "\n")
+    results["total_wall_s"] = total
+    (out / ("results-quick.json" if args.quick else "results.json")).write_text(json.dumps(_json_safe(results), indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
