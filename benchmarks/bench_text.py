@@ -715,6 +715,7 @@ def parse_args(argv=None):
     p.add_argument("--text-n", type=int, default=None, help="samples per setting of Part 2 (default 128; quick 16)")
     p.add_argument("--skip-text", action="store_true", help="skip Part 2")
     p.add_argument("--skip-speed", action="store_true", help="skip Table C")
+    p.add_argument("--skip-markov", action="store_true", help="skip Part 1 and Table C (run Part 2 alone; outputs tables-text.md, results-text.json)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text"), help="output folder")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = p.parse_args(argv)
@@ -751,13 +752,34 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    length = 64
     command = "OMP_NUM_THREADS=%d python benchmarks/bench_text.py %s" % (args.threads, " ".join(sys.argv[1:] if argv is None else argv))
     lines = [f"# genspace discrete-diffusion benchmark\n\ncommand: `{command}`\n",
              f"Every model: Transformer dim {args.dim}, depth {args.depth}, {args.heads} heads; {args.steps} steps (L = {args.speed_length}: {args.speed_steps}; "
              f"text: {args.text_steps}); AdamW lr 1e-3, warm-up min(200, steps/10), grad clip 1, EMA 0.999 (warm-up); torch threads {args.threads}.\n"]
 
-    # ---- Part 1: Markov source, L = 64
+    results = {"command": command, "args": vars(args)}
+    figs = []
+    tag = "-quick" if args.quick else ""
+    if not args.skip_markov:
+        part_1(args, lines, results, figs, out, tag)
+    # ---- Part 2: real text
+    if not args.skip_text:
+        part_2(args, lines, results)
+
+    total = time.perf_counter() - t_start
+    lines.append(f"figures: {', '.join(figs) or 'none'}; total wall time {total / 60:.1f} min")
+    text = "\n".join(lines)
+    print(text)
+    name = "tables-text" if args.skip_markov else "tables"
+    (out / f"{name}{tag}.md").write_text(text + "\n")
+    results["total_wall_s"] = total
+    (out / f"{name.replace('tables', 'results')}{tag}.json").write_text(json.dumps(_json_safe(results), indent=2, default=float) + "\n")
+    return 0
+
+
+def part_1(args, lines: list, results: dict, figs: list, out: Path, tag: str) -> None:
+    """Part 1 (Markov source, Tables A and B) and Table C (speed at L = 256), appended to ``lines`` / ``results``."""
+    length = 64
     cfgs = {obj: markov_config(obj, args, length=length, batch=args.batch, n_train=args.n_train, n_eval=max(args.n_nll, args.n, 1000 if not args.quick else 64), steps=args.steps)
             for obj in MARKOV_MODELS}
     data = load_data(cfgs["mdlm"].data)
@@ -784,12 +806,11 @@ def main(argv=None) -> int:
         sweep += sampler_sweep(obj, runs[obj]["model"], source, markov_grid(obj, args.quick, length), n=args.n, length=length, batch=args.sample_batch)
     sweep += sampler_sweep("exact", ExactMarkovDenoiser(source), source, markov_grid("exact", args.quick, length), n=args.n, length=length, batch=args.sample_batch)
     lines.append(table_b(sweep, ref) + "\n")
-    tag = "-quick" if args.quick else ""
     fig1 = figure_nfe(sweep, ref, out / f"gen_nll_vs_nfe{tag}.png")
 
-    results = {"command": command, "args": vars(args), "markov": {"source": repr(source), "reference": ref, "params": params,
-               "models": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()}, "sweep": sweep}}
-    figs = [str(fig1)]
+    results["markov"] = {"source": repr(source), "reference": ref, "params": params,
+                         "models": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()}, "sweep": sweep}
+    figs.append(str(fig1))
 
     # ---- Table C: speed at L = 256
     if not args.skip_speed:
@@ -801,33 +822,25 @@ def main(argv=None) -> int:
         figs.append(str(figure_speed(sp, out / f"speed_l{sp['length']}{tag}.png")))
         results["speed"] = sp
 
-    # ---- Part 2: real text
-    if not args.skip_text:
-        tx = text_section(args, args.quick)
-        files = ", ".join(f"{f['name']} ({f['chars']:,})" for f in tx["files"])
-        lines.append(f"### D. Real text: {len(tx['files'])} license texts of /usr/share/common-licenses, {tx['total_chars']:,} characters: {files}\n\n"
-                     f"Character tokenizer ({tx['n_symbols']} characters + EOS, PAD, mask), rows of {tx['length']} packed with EOS between files: "
-                     f"{tx['n_rows']} rows, {tx['n_train_rows']} for training, two held-out sets of {tx['n_heldout_rows']} rows (random split of rows; "
-                     f"NLL on one of them). batch {args.text_batch}, {args.text_steps} steps.\n")
-        lines.append(table_a(tx["models"], None, title="D. Real text: held-out NLL per character", unit="nats/char", bits=True))
-        lines.append("\n" + verdict_nelbo(tx["models"], "mdlm") + "\n")
-        lines.append("(for reference) " + verdict_nelbo(tx["models"], "bd3").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
-        lines.append(table_text(tx) + "\n")
-        lines.append("Samples (first 3 of each; `<|eos|>` marks a file boundary):\n")
-        for key, texts in tx["texts"].items():
-            lines.append(f"**{key}**\n")
-            lines += ["```", *[t.replace("\n", "⏎") for t in texts], "```", ""]
-        lines += ["**held-out data**\n", "```", *[t.replace("\n", "⏎") for t in tx["data_texts"]], "```", ""]
-        results["text"] = tx
 
-    total = time.perf_counter() - t_start
-    lines.append(f"figures: {', '.join(figs)}; total wall time {total / 60:.1f} min")
-    text = "\n".join(lines)
-    print(text)
-    (out / ("tables-quick.md" if args.quick else "tables.md")).write_text(text + "\n")
-    results["total_wall_s"] = total
-    (out / ("results-quick.json" if args.quick else "results.json")).write_text(json.dumps(_json_safe(results), indent=2, default=float) + "\n")
-    return 0
+def part_2(args, lines: list, results: dict) -> None:
+    """Part 2 (real text, Table D), appended to ``lines`` / ``results``."""
+    tx = text_section(args, args.quick)
+    files = ", ".join(f"{f['name']} ({f['chars']:,})" for f in tx["files"])
+    lines.append(f"### D. Real text: {len(tx['files'])} license texts of /usr/share/common-licenses, {tx['total_chars']:,} characters: {files}\n\n"
+                 f"Character tokenizer ({tx['n_symbols']} characters + EOS, PAD, mask), rows of {tx['length']} packed with EOS between files: "
+                 f"{tx['n_rows']} rows, {tx['n_train_rows']} for training, two held-out sets of {tx['n_heldout_rows']} rows (random split of rows; "
+                 f"NLL on one of them). batch {args.text_batch}, {args.text_steps} steps.\n")
+    lines.append(table_a(tx["models"], None, title="D. Real text: held-out NLL per character", unit="nats/char", bits=True))
+    lines.append("\n" + verdict_nelbo(tx["models"], "mdlm") + "\n")
+    lines.append("(for reference) " + verdict_nelbo(tx["models"], "bd3").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
+    lines.append(table_text(tx) + "\n")
+    lines.append("Samples (first 3 of each; `<|eos|>` marks a file boundary):\n")
+    for key, texts in tx["texts"].items():
+        lines.append(f"**{key}**\n")
+        lines += ["```", *[t.replace("\n", "⏎") for t in texts], "```", ""]
+    lines += ["**held-out data**\n", "```", *[t.replace("\n", "⏎") for t in tx["data_texts"]], "```", ""]
+    results["text"] = tx
 
 
 if __name__ == "__main__":
