@@ -186,3 +186,91 @@ def test_sampler_inputs_are_validated():
         sample_ar(net, 2, 3, start_id=MASK, prompt=torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):
         sample_ar(net, 2, 3, start_id=MASK, temperature=-1.0)
+    with pytest.raises(ValueError, match="unknown block sampler 'euler'"):
+        sample_block_diffusion(net, 2, 8, 4, mask_id=MASK, steps_per_block=1, sampler="euler")
+
+
+# ----------------------------------------------------------------------------------------------
+# first-hitting within blocks
+
+
+class ExactBlockDenoiser:
+    """The exact BD3 denoiser of a joint distribution p over all K_d^L sequences (enumerated):
+    logits of block [lo, hi) = log p(x^ℓ = v | the clean prefix, the unmasked tokens of the block),
+    marginal over the later blocks. Only the uncached path (``use_cache=False``) is served."""
+
+    def __init__(self, p: torch.Tensor, k_data: int, length: int):
+        self.config = type("C", (), {"time_conditioning": False})()
+        self.seqs = torch.tensor(list(itertools.product(range(k_data), repeat=length)))  # (S, L)
+        self.p, self.k, self.calls = p, k_data, 0
+
+    def __call__(self, tokens, t=None, *, attn_mask, block_size, output_slice, cache=None, commit=None):
+        assert cache is None and attn_mask == "block-causal"
+        self.calls += 1
+        hi = tokens.shape[1]
+        lo = output_slice.start
+        seen = tokens[:, None, :] == self.seqs[None, :, :hi]  # (n, S, hi)
+        ok = (seen | (tokens[:, None, :] == MASK)).all(-1)  # (n, S) sequences consistent with the input
+        w = ok.double() * self.p  # (n, S)
+        onehot = torch.nn.functional.one_hot(self.seqs[:, lo:hi], V).double()  # (S, l, V)
+        probs = torch.einsum("ns,slv->nlv", w, onehot)
+        return torch.log(probs / probs.sum(-1, keepdim=True))  # (n, l, V): −inf at the mask
+
+
+def _chi2(x: torch.Tensor, seqs: torch.Tensor, p: torch.Tensor) -> float:
+    code = (x[:, None, :] == seqs[None]).all(-1).double().argmax(-1)  # (n,) index of each sample
+    counts = torch.bincount(code, minlength=len(p)).double()
+    expected = len(x) * p
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def test_block_first_hitting_draws_each_block_from_its_exact_conditional():
+    """With the exact denoiser, first-hitting within blocks samples the joint exactly (one call
+    per token); one ancestral step per block (every token of a block revealed at once from its
+    marginal) does not, on a distribution with strong within-block dependence."""
+    k_data, length, bs, n = 3, 4, 2, 20000
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(2.5 * torch.randn(k_data**length, generator=g, dtype=torch.float64), 0)
+    den = ExactBlockDenoiser(p, k_data, length)
+    dof = len(p) - 1
+    bound = dof + 5 * math.sqrt(2 * dof)
+    x, info = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=1, generator=gen(1),
+                                     use_cache=False, sampler="first-hitting")
+    assert info["nfe"] == den.calls == length and (x != MASK).all()
+    assert _chi2(x, den.seqs, p) < bound
+    y, _ = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=1, generator=gen(1), use_cache=False)
+    assert _chi2(y, den.seqs, p) > 10 * bound
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_block_first_hitting_cache_gives_identical_tokens_one_call_per_token(time_conditioning):
+    net = make_net(time_conditioning, seed=6)
+    kw = dict(mask_id=MASK, steps_per_block=1, prompt=torch.tensor([[4, 0, 2, 1, 3]] * 3), sampler="first-hitting")
+    a, ia = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=True, **kw)
+    b, ib = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=False, **kw)
+    assert torch.equal(a, b) and (a[:, :5] == kw["prompt"]).all() and (a != MASK).all()
+    assert ia["nfe"] == ib["nfe"] == 14 - 5  # exactly one call per generated token
+    assert ia["sampler"] == "first-hitting" and ia["tokens_processed"] < ib["tokens_processed"]
+
+
+def test_block_first_hitting_reveal_times():
+    """Time-conditioned network: within a block the times fed to it decrease, and the first reveal
+    time of m masked tokens at t = 1 is the largest of m uniforms (linear schedule): mean m/(m+1)."""
+    times = []
+
+    class TimeRecorder(Recorder):
+        def forward(self, tokens, t=None, **kw):
+            times.append(t[:, -1].clone())  # (n,) the block time of each sequence
+            return super().forward(tokens, t, **kw)
+
+    rec = TimeRecorder(make_net(True, seed=7))
+    n, bs = 4000, 4
+    sample_block_diffusion(rec, n, 2 * bs, bs, mask_id=MASK, steps_per_block=1, generator=gen(2), sampler="first-hitting")
+    t = torch.stack(times)  # (2 blocks × bs calls, n)
+    for blk in range(2):
+        tb = t[blk * bs : (blk + 1) * bs]
+        assert (tb[1:] < tb[:-1]).all() and (tb > 0).all() and (tb < 1).all()
+        first = tb[0]
+        se = math.sqrt(bs / ((bs + 1) ** 2 * (bs + 2)) / n)
+        assert abs(float(first.mean()) - bs / (bs + 1)) < 4 * se
+

@@ -310,7 +310,8 @@ def cmd_methods(args, rest) -> int:
     print("token samplers (text models; `block` and `ar` use the KV cache):")
     for name, info in token_methods().items():
         print(f"  {name:18s} {info.description}")
-    print(f"  {'block':18s} block diffusion (BD3-LM), block by block with an exact KV cache")
+    print(f"  {'block':18s} block diffusion (BD3-LM), block by block with an exact KV cache; --nfe: steps per block")
+    print(f"  {'block-first-hitting':18s} block diffusion, first-hitting within blocks (one token per call, exact reveal times)")
     print(f"  {'ar':18s} autoregressive decoding with a KV cache")
     return 0
 

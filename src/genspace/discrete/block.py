@@ -34,6 +34,16 @@ reuses the previous logits (the input is unchanged; MDLM's caching of x_θ), and
 whose tokens are all revealed skips its remaining steps: both exact, and the main saving when
 steps_per_block > block_size (at most min(steps_per_block, n·block_size) calls per block then).
 
+**First-hitting within blocks** (``sampler="first-hitting"``; Zheng et al. 2024, the sampler of
+:func:`~genspace.discrete.samplers.sample_first_hitting` applied to each block): with m tokens of
+the block still masked at block time t, the next reveal time s solves
+1 − α_s = (1 − α_t)·u^{1/m} (u uniform), one masked position of the block, chosen uniformly, is
+drawn from x_θ and the rest stay masked. Exactly one token per sequence per call, ``block_size``
+calls per block, and the exact continuous-time reverse process (the limit of infinitely many
+ancestral steps per block) rather than a discretisation of it: with an exact denoiser each block
+is drawn from its exact conditional (the chain rule in a uniformly random order; tested).
+``steps_per_block`` is not used.
+
 Stopping (variable length): with ``eos_id``, decoding stops after the block in which every
 sequence has produced EOS (at or after the prompt); all positions after a sequence's first
 generated EOS are set to ``pad_id`` (default ``eos_id``), as are never-generated positions.
@@ -50,11 +60,13 @@ from typing import Optional
 
 import torch
 
-from genspace.core.random import Generator
+from genspace.core.random import Generator, rand
 from genspace.discrete.categorical import sample_categorical
 from genspace.discrete.schedules import Schedule, get_schedule
 
-__all__ = ["sample_ar", "sample_block_diffusion", "reveal_step"]
+__all__ = ["sample_ar", "sample_block_diffusion", "reveal_step", "BLOCK_SAMPLERS"]
+
+BLOCK_SAMPLERS = ("ancestral", "first-hitting")
 
 
 def _time_conditioned(net) -> bool:
@@ -229,6 +241,7 @@ def sample_block_diffusion(
     prompt: Optional[torch.Tensor] = None,
     eos_id: Optional[int] = None,
     pad_id: Optional[int] = None,
+    sampler: str = "ancestral",
 ) -> tuple[torch.Tensor, dict]:
     """Block-diffusion sampling (BD3-LM), block by block with an exact KV cache.
 
@@ -239,7 +252,8 @@ def sample_block_diffusion(
         length: total length L (prompt included); the last block may be shorter.
         block_size: tokens per block.
         mask_id: the mask token's id.
-        steps_per_block: S ≥ 1 ancestral steps per block (uniform grid t = 1 → 0).
+        steps_per_block: S ≥ 1 ancestral steps per block (uniform grid t = 1 → 0); not used by
+            ``sampler="first-hitting"``.
         generator: a torch.Generator or a StackedGenerator; one (n, block, V) draw per step.
         schedule: α(t) of the reveal probabilities.
         temperature: τ ≥ 0 applied to x_θ.
@@ -247,6 +261,8 @@ def sample_block_diffusion(
         prompt: (P,) or (n, P) ids kept fixed at x[:, :P]; blocks inside the prompt are not
             sampled, and the prompt part of a partly filled block stays clean.
         eos_id, pad_id: stop rule (module doc).
+        sampler: ``"ancestral"`` (S steps of q(x_s | x_t, x_θ) per block) or ``"first-hitting"``
+            (one token per call at its exact reveal time; module doc).
 
     Returns:
         tokens (n, length) int64 and the info dict (``nfe``, ``tokens_processed``, ``blocks``,
@@ -255,6 +271,8 @@ def sample_block_diffusion(
     _check(n, length, temperature)
     if block_size < 1 or steps_per_block < 1:
         raise ValueError(f"need block_size >= 1 and steps_per_block >= 1, got {block_size}, {steps_per_block}")
+    if sampler not in BLOCK_SAMPLERS:
+        raise ValueError(f"unknown block sampler {sampler!r}; choose one of {list(BLOCK_SAMPLERS)}")
     schedule = get_schedule(schedule)
     device = net.embed.weight.device if hasattr(net, "embed") else None
     prompt = _prompt(prompt, n, length, device)
@@ -268,44 +286,73 @@ def sample_block_diffusion(
     alphas = schedule.alpha(grid).tolist()
     cache = net.new_cache(length) if use_cache else None
     n_blocks = -(-length // block_size)
-    nfe = processed = blocks = 0
+    count = {"nfe": 0, "processed": 0}
+    blocks = 0
     hi = p  # end of the last decoded block
+
+    def call(lo: int, hi: int, t_block) -> torch.Tensor:
+        """x_θ logits of block [lo, hi) given the clean prefix: (n, hi − lo, V); ``t_block``: the
+        block's time, a float or (n, 1) float64 (only read by time-conditioned networks)."""
+        if use_cache:
+            ctx = len(cache)  # clean tokens x[:, ctx:lo] are not cached yet
+            inp = x[:, ctx:hi]  # (n, lo − ctx + block)
+            tt = None
+            if timed:
+                tt = torch.zeros(inp.shape, dtype=torch.float64, device=device)
+                tt[:, lo - ctx :] = t_block
+            out = net(
+                inp, tt, attn_mask="block-causal" if ctx < lo else "bidirectional", block_size=block_size,
+                cache=cache, commit=lo - ctx, output_slice=slice(lo - ctx, None),
+            )
+        else:
+            inp = x[:, :hi]  # (n, hi)
+            tt = None
+            if timed:
+                tt = torch.zeros(inp.shape, dtype=torch.float64, device=device)
+                tt[:, lo:] = t_block
+            out = net(inp, tt, attn_mask="block-causal", block_size=block_size, output_slice=slice(lo, hi))
+        count["nfe"] += 1
+        count["processed"] += inp.shape[1]
+        return out
+
+    rows = torch.arange(n, device=device)
     tic = time.perf_counter()
     for blk in range(p // block_size, n_blocks if p < length else 0):
         lo, hi = blk * block_size, min((blk + 1) * block_size, length)
-        logits = None
-        for k in range(steps_per_block):
-            if not bool((x[:, lo:hi] == mask_id).any()):
-                break  # every token of the block is revealed: the remaining steps would change nothing
-            t_k = float(grid[k])
-            if logits is None or timed:
-                if use_cache:
-                    ctx = len(cache)  # clean tokens x[:, ctx:lo] are not cached yet
-                    inp = x[:, ctx:hi]  # (n, lo − ctx + block)
-                    tt = None
-                    if timed:
-                        tt = torch.zeros(inp.shape, dtype=torch.float64, device=device)
-                        tt[:, lo - ctx :] = t_k
-                    logits = net(
-                        inp, tt, attn_mask="block-causal" if ctx < lo else "bidirectional", block_size=block_size,
-                        cache=cache, commit=lo - ctx, output_slice=slice(lo - ctx, None),
-                    )  # (n, block, V)
-                else:
-                    inp = x[:, :hi]  # (n, hi)
-                    tt = None
-                    if timed:
-                        tt = torch.zeros(inp.shape, dtype=torch.float64, device=device)
-                        tt[:, lo:] = t_k
-                    logits = net(inp, tt, attn_mask="block-causal", block_size=block_size, output_slice=slice(lo, hi))
-                nfe += 1
-                processed += inp.shape[1]
-            before = x[:, lo:hi]
-            after = reveal_step(
-                logits, before, alphas[k], alphas[k + 1], mask_id=mask_id, generator=generator, temperature=temperature
-            )
-            if not timed and not torch.equal(after, before):
-                logits = None  # the input changed: recompute at the next step
-            x[:, lo:hi] = after
+        if sampler == "first-hitting":
+            t_row = torch.ones(n, dtype=torch.float64, device=device)  # (n,) block time of each sequence
+            while True:
+                masked = x[:, lo:hi] == mask_id  # (n, l)
+                m = masked.sum(-1)  # (n,)
+                if int(m.max()) == 0:
+                    break
+                active = m > 0
+                u = rand((n,), generator=generator, dtype=torch.float64, device=device)
+                one_minus = (1.0 - schedule.alpha(t_row)) * u ** (1.0 / m.clamp_min(1).to(torch.float64))
+                s_row = torch.where(active, schedule.t_of_alpha(1.0 - one_minus).clamp(0.0, 1.0), t_row)
+                logits = call(lo, hi, s_row[:, None])  # (n, l, V)
+                where = torch.where(masked, 0.0, float("-inf")).to(torch.float64)  # uniform over masked positions
+                where[~active, 0] = 0.0  # finished rows: a dummy draw, not used
+                pos = sample_categorical(where, generator=generator)  # (n,)
+                lg = logits[rows, pos].to(torch.float64)  # (n, V)
+                lg[:, mask_id] = float("-inf")
+                value = sample_categorical(lg, generator=generator, temperature=temperature)  # (n,)
+                x[rows[active], lo + pos[active]] = value[active]
+                t_row = s_row
+        else:
+            logits = None
+            for k in range(steps_per_block):
+                if not bool((x[:, lo:hi] == mask_id).any()):
+                    break  # every token of the block is revealed: the remaining steps would change nothing
+                if logits is None or timed:
+                    logits = call(lo, hi, float(grid[k]))  # (n, block, V)
+                before = x[:, lo:hi]
+                after = reveal_step(
+                    logits, before, alphas[k], alphas[k + 1], mask_id=mask_id, generator=generator, temperature=temperature
+                )
+                if not timed and not torch.equal(after, before):
+                    logits = None  # the input changed: recompute at the next step
+                x[:, lo:hi] = after
         blocks += 1
         if eos_id is not None and bool(((x[:, p:hi] == eos_id).any(dim=1)).all()):
             break
@@ -314,4 +361,4 @@ def sample_block_diffusion(
     if eos_id is not None:
         x[:, hi:] = pad  # never generated
         x = _pad_after_eos(x, p, eos_id, pad)
-    return x, _info(nfe, processed, seconds, n, generated, blocks=blocks, cache=use_cache)
+    return x, _info(count["nfe"], count["processed"], seconds, n, generated, blocks=blocks, cache=use_cache, sampler=sampler)

@@ -17,7 +17,8 @@ objective      loss (per token, nats)                 samplers               log
                                                       sedd-euler/tweedie
 ``sedd``       score entropy (Lou et al. 2024)         as mdlm (absorbing),   score-entropy bound
                                                       sedd-euler/tweedie
-``bd3``        block NELBO (Arriola et al. 2025)       block (KV cache)       block NELBO: bound
+``bd3``        block NELBO (Arriola et al. 2025)       block, block-first-    block NELBO: bound
+                                                      hitting (KV cache)
 ``ar``         cross-entropy, causal mask              ar (KV cache)          exact
 =============  =====================================  =====================  ====================
 
@@ -52,6 +53,7 @@ from genspace.nets.transformer import Transformer, TransformerConfig
 OBJECTIVES = ("mdlm", "sedd", "bd3", "ar")
 MASKED_METHODS = ("ancestral", "first-hitting", "top-k", "threshold", "semi-ar")
 SEDD_METHODS = ("sedd-euler", "sedd-tweedie")
+BLOCK_METHODS = ("block", "block-first-hitting")  # BD3-LM's ancestral steps per block; first-hitting within blocks
 
 
 @dataclass
@@ -181,7 +183,7 @@ class TextModel(nn.Module):
         if self.objective == "ar":
             return ["ar"]
         if self.objective == "bd3":
-            return ["block"]
+            return list(BLOCK_METHODS)
         if self.process_kind == "uniform":
             return list(SEDD_METHODS)
         return list(MASKED_METHODS + SEDD_METHODS)
@@ -322,7 +324,7 @@ class TextModel(nn.Module):
         if template is not None:
             if prompt is not None:
                 raise ValueError("give a prompt or a template, not both")
-            if method in ("ar", "block"):
+            if method in ("ar", *BLOCK_METHODS):
                 raise ValueError(f"infilling needs a bidirectional sampler; {method!r} generates left to right (use prompt=)")
             template = torch.as_tensor(template, dtype=torch.long, device=device)
             template = template.expand(n, -1) if template.ndim == 1 else template
@@ -334,14 +336,16 @@ class TextModel(nn.Module):
         steps = length if steps is None else int(steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        if guidance not in (0.0, 1.0) and method in ("ar", "block"):
+        if guidance not in (0.0, 1.0) and method in ("ar", *BLOCK_METHODS):
             raise ValueError(f"guidance is for the masked-diffusion samplers, not {method!r}")
         was = self.training
         self.eval()
         try:
             if method == "ar":
                 return sample_ar(self.net, n, length, start_id=self.mask_id, generator=generator, temperature=temperature, prompt=prompt, eos_id=self.eos_id, pad_id=self.pad_id, **options)
-            if method == "block":
+            if method in BLOCK_METHODS:
+                if method == "block-first-hitting":
+                    options["sampler"] = "first-hitting"
                 return sample_block_diffusion(self.net, n, length, self.block_size, mask_id=self.mask_id, steps_per_block=steps, generator=generator, schedule=self.schedule, temperature=temperature, prompt=prompt, eos_id=self.eos_id, pad_id=self.pad_id, **options)
             x_init = torch.full((n, length), self.mask_id, dtype=torch.long, device=device) if template is None else template.clone()
             if prompt is not None:
