@@ -178,6 +178,25 @@ def test_eos_stops_decoding_and_pads():
     assert info["nfe"] == 1 and (y[:, 0] == eos).all() and (y[:, 1:] == pad).all()
 
 
+def test_low_entropy_stops_decoding_and_pads():
+    """A network that always predicts one token produces a zero-entropy window: every sequence stops
+    after the first block that completes the window; a near-uniform one (entropy ≈ log K over a
+    window of 8) never triggers a threshold of 0.5 nats."""
+    pad = 0
+    bias = torch.zeros(V, dtype=torch.float64)
+    bias[3] = 50.0
+    rec = Recorder(make_net(seed=8), bias=bias)
+    kw = dict(mask_id=MASK, steps_per_block=2, pad_id=pad, entropy_stop=0.5, entropy_window=6)
+    x, info = sample_block_diffusion(rec, 3, 24, 4, generator=gen(0), **kw)
+    assert info["blocks"] == 2 and info["stopped_by_entropy"] == 3  # 8 ≥ 6 tokens after two blocks
+    assert (x[:, :8] == 3).all() and (x[:, 8:] == pad).all()
+    flat = Recorder(make_net(seed=8, std=1e-4))  # logits ≈ 0: uniform over the K data tokens
+    y, info = sample_block_diffusion(flat, 3, 24, 4, generator=gen(0), **{**kw, "entropy_window": 8})
+    assert info["blocks"] == 6 and info["stopped_by_entropy"] == 0 and (y != MASK).all()
+    with pytest.raises(ValueError, match="entropy_stop needs pad_id"):
+        sample_block_diffusion(flat, 1, 8, 4, mask_id=MASK, steps_per_block=1, entropy_stop=1.0)
+
+
 def test_sampler_inputs_are_validated():
     net = make_net()
     with pytest.raises(ValueError, match="steps_per_block"):

@@ -47,7 +47,11 @@ is drawn from its exact conditional (the chain rule in a uniformly random order;
 Stopping (variable length): with ``eos_id``, decoding stops after the block in which every
 sequence has produced EOS (at or after the prompt); all positions after a sequence's first
 generated EOS are set to ``pad_id`` (default ``eos_id``), as are never-generated positions.
-(BD3-LM also stops on a collapse of the block entropy; not implemented.)
+With ``entropy_stop`` = h (BD3-LM's second rule for variable-length sampling: stop when the
+sample degenerates), a sequence also stops after the first block at whose end the empirical
+entropy (nats) of its last ``entropy_window`` generated tokens is below h; its later positions
+are set to ``pad_id``. The entropy is −Σ_v p̂_v log p̂_v of the token histogram of the window,
+tested once a full window has been generated. Decoding ends when every sequence has stopped.
 
 With ``block_size=1`` and one step per block, each token is drawn from x_θ(prefix, [mask]) at
 t = 1: block diffusion is then autoregressive with those conditionals (tested).
@@ -242,6 +246,8 @@ def sample_block_diffusion(
     eos_id: Optional[int] = None,
     pad_id: Optional[int] = None,
     sampler: str = "ancestral",
+    entropy_stop: Optional[float] = None,
+    entropy_window: int = 256,
 ) -> tuple[torch.Tensor, dict]:
     """Block-diffusion sampling (BD3-LM), block by block with an exact KV cache.
 
@@ -263,6 +269,8 @@ def sample_block_diffusion(
         eos_id, pad_id: stop rule (module doc).
         sampler: ``"ancestral"`` (S steps of q(x_s | x_t, x_θ) per block) or ``"first-hitting"``
             (one token per call at its exact reveal time; module doc).
+        entropy_stop, entropy_window: the low-entropy stop rule (module doc); needs ``pad_id``
+            or ``eos_id`` for the positions after a stop.
 
     Returns:
         tokens (n, length) int64 and the info dict (``nfe``, ``tokens_processed``, ``blocks``,
@@ -273,6 +281,11 @@ def sample_block_diffusion(
         raise ValueError(f"need block_size >= 1 and steps_per_block >= 1, got {block_size}, {steps_per_block}")
     if sampler not in BLOCK_SAMPLERS:
         raise ValueError(f"unknown block sampler {sampler!r}; choose one of {list(BLOCK_SAMPLERS)}")
+    if entropy_stop is not None:
+        if pad_id is None and eos_id is None:
+            raise ValueError("entropy_stop needs pad_id (or eos_id) for the positions after a sequence stops")
+        if entropy_window < 1:
+            raise ValueError(f"entropy_window must be >= 1, got {entropy_window}")
     schedule = get_schedule(schedule)
     device = net.embed.weight.device if hasattr(net, "embed") else None
     prompt = _prompt(prompt, n, length, device)
@@ -316,6 +329,7 @@ def sample_block_diffusion(
         return out
 
     rows = torch.arange(n, device=device)
+    stop_at = torch.full((n,), length, dtype=torch.long, device=device)  # entropy stop: first position not kept
     tic = time.perf_counter()
     for blk in range(p // block_size, n_blocks if p < length else 0):
         lo, hi = blk * block_size, min((blk + 1) * block_size, length)
@@ -354,11 +368,25 @@ def sample_block_diffusion(
                     logits = None  # the input changed: recompute at the next step
                 x[:, lo:hi] = after
         blocks += 1
-        if eos_id is not None and bool(((x[:, p:hi] == eos_id).any(dim=1)).all()):
+        if entropy_stop is not None and hi - p >= entropy_window:
+            window = x[:, hi - entropy_window : hi]  # (n, W)
+            counts = torch.zeros(n, int(window.max()) + 1, dtype=torch.float64, device=device)
+            counts.scatter_add_(1, window, torch.ones_like(window, dtype=torch.float64))
+            q = counts / entropy_window
+            h = -(q * torch.log(q.clamp_min(1e-300))).sum(-1)  # (n,) nats
+            stop_at = torch.where((h < entropy_stop) & (stop_at == length), hi, stop_at)
+        done = stop_at < length
+        if eos_id is not None:
+            done = done | (x[:, p:hi] == eos_id).any(dim=1)
+        if (eos_id is not None or entropy_stop is not None) and bool(done.all()):
             break
     seconds = time.perf_counter() - tic
     generated = hi - p
-    if eos_id is not None:
+    if eos_id is not None or entropy_stop is not None:
         x[:, hi:] = pad  # never generated
+        idx = torch.arange(length, device=device)
+        x = torch.where(idx[None] >= stop_at[:, None], torch.full_like(x, pad), x)
+    if eos_id is not None:
         x = _pad_after_eos(x, p, eos_id, pad)
-    return x, _info(count["nfe"], count["processed"], seconds, n, generated, blocks=blocks, cache=use_cache, sampler=sampler)
+    return x, _info(count["nfe"], count["processed"], seconds, n, generated, blocks=blocks, cache=use_cache, sampler=sampler,
+                 stopped_by_entropy=int((stop_at < length).sum()))
