@@ -142,18 +142,27 @@ def heldout_nll(model, x: torch.Tensor, *, n_t: int, source=None, seed: int = 12
     return out
 
 
-def train_model(name: str, cfg, data, *, n_nll: int, n_t: int, init=None) -> dict:
-    """Train ``cfg`` with the genspace Trainer; at 25 / 50 / 100 % of the steps measure the
-    held-out NLL of the EMA weights and the training CPU / wall time so far (evaluation excluded).
-    ``init``: a model of the same architecture whose weights start the training (fine-tuning)."""
+def train_model(name: str, cfg, data, *, n_nll: int, n_t: int, init=None, eval_every: Optional[int] = None, val: Optional[torch.Tensor] = None) -> dict:
+    """Train ``cfg`` with the genspace Trainer; at 25 / 50 / 100 % of the steps (and every
+    ``eval_every`` steps) measure the held-out NLL of the EMA weights and the training CPU / wall
+    time so far (evaluation excluded). ``init``: a model of the same architecture whose weights
+    start the training (fine-tuning).
+
+    ``val``: a validation set (disjoint from the held-out set): at every evaluation its NLL is
+    measured too, and the returned model is the EMA at the evaluation with the lowest validation
+    NLL (early stopping within the step budget); ``best`` is that record. The held-out NLL of the
+    chosen step is then an unbiased test number (the choice never looked at it)."""
     model = build_model(cfg, data)
     if init is not None:
         model.load_state_dict(init.state_dict())
     steps = cfg.train.steps
     at = {max(1, round(f * steps)) for f in EVAL_FRACTIONS}
+    if eval_every:
+        at |= set(range(eval_every, steps + 1, eval_every))
     records: list[dict] = []
     spent = {"cpu": 0.0, "wall": 0.0}
     held = data.heldout[:n_nll]
+    best: dict = {}
 
     def evaluate(m, step):
         if step not in at:
@@ -161,8 +170,16 @@ def train_model(name: str, cfg, data, *, n_nll: int, n_t: int, init=None) -> dic
         c0, w0 = time.process_time(), time.perf_counter()
         row = {"step": step, "train_cpu_s": c0 - cpu0 - spent["cpu"], "train_wall_s": w0 - wall0 - spent["wall"]}
         row.update(heldout_nll(m, held, n_t=n_t, source=data.source))
+        msg = ""
+        if val is not None:
+            v = heldout_nll(m, val, n_t=n_t, seed=54321)
+            row["val_nll"], row["val_nll_se"] = v["nll"], v["nll_se"]
+            msg = f", validation {v['nll']:.4f}"
+            if not best or v["nll"] < best["record"]["val_nll"]:
+                best["record"] = row
+                best["state"] = {k: t.detach().clone() for k, t in m.state_dict().items()}
         records.append(row)
-        _log(f"  {name} step {step}: held-out {row['kind']} {row['nll']:.4f} ± {row['nll_se']:.4f} nats/token, train cpu {row['train_cpu_s']:.0f} s")
+        _log(f"  {name} step {step}: held-out {row['kind']} {row['nll']:.4f} ± {row['nll_se']:.4f} nats/token{msg}, train cpu {row['train_cpu_s']:.0f} s")
         spent["cpu"] += time.process_time() - c0
         spent["wall"] += time.perf_counter() - w0
         return {"heldout_nll": row["nll"]}
@@ -173,8 +190,12 @@ def train_model(name: str, cfg, data, *, n_nll: int, n_t: int, init=None) -> dic
         last = trainer.fit()
         cpu, wall = time.process_time() - cpu0 - spent["cpu"], time.perf_counter() - wall0 - spent["wall"]
         ema = trainer.ema_model.eval()
-    return {"model": ema, "records": records, "params": param_count(ema), "steps": steps, "batch": cfg.train.batch_size,
-            "cpu_s": cpu, "wall_s": wall, "final_loss": {k: v for k, v in last.items() if isinstance(v, float)}, "config": to_dict(cfg)}
+    out = {"model": ema, "records": records, "params": param_count(ema), "steps": steps, "batch": cfg.train.batch_size,
+           "cpu_s": cpu, "wall_s": wall, "final_loss": {k: v for k, v in last.items() if isinstance(v, float)}, "config": to_dict(cfg)}
+    if best:
+        ema.load_state_dict(best["state"])
+        out["best"] = best["record"]
+    return out
 
 
 # ----------------------------------------------------------------------------- exact denoiser
@@ -585,7 +606,8 @@ def text_section(args, quick: bool) -> dict:
             if data is None:
                 data = load_data(cfg.data)
             _log(f"training text-{obj} for {cfg.train.steps} steps, batch {cfg.train.batch_size}")
-            runs[obj] = train_model(f"text-{obj}", cfg, data, n_nll=args.text_n_eval, n_t=args.n_t)
+            every = args.text_eval_every or max(1, args.text_steps // 12)
+            runs[obj] = train_model(f"text-{obj}", cfg, data, n_nll=args.text_n_eval, n_t=args.n_t, eval_every=every, val=data.reference[: args.text_n_eval])
     tok, length = data.tokenizer, data.shape[0]
     ref = data.reference[: args.text_n]
     specials = (tok.pad_id,)
@@ -722,7 +744,55 @@ def verdict_nelbo(runs: dict, name: str = "mdlm") -> str:
     return f"{name} NELBO / AR NLL at equal parameters ({runs[name]['params']:,}) and steps ({runs[name]['steps']}): {ratio:.4f}; target ≤ {TARGET_NELBO:g}: **{'PASS' if ratio <= TARGET_NELBO else 'FAIL'}**"
 
 
+def table_d(runs: dict) -> str:
+    """Real text: every evaluation of every model (test = held-out set 1, validation = set 2)."""
+    out = ["### D. Real text: held-out NLL per character through training", "",
+           "| model | kind | parameters | step | test NLL (nats/char) | bits/char | validation NLL | ratio to AR (same step) | train CPU s |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    ar = {r["step"]: r for r in runs["ar"]["records"]} if "ar" in runs else {}
+    for name, run in runs.items():
+        best = (run.get("best") or {}).get("step")
+        for r in run["records"]:
+            a = ar.get(r["step"])
+            ratio = "1" if name == "ar" else (f"{r['nll'] / a['nll']:.4f}" if a else "")
+            mark = " (best val)" if r["step"] == best else ""
+            val = _pm(r["val_nll"], r["val_nll_se"]) if "val_nll" in r else ""
+            out.append(f"| {name} | {r['kind']} | {run['params']:,} | {r['step']}{mark} | {_pm(r['nll'], r['nll_se'])} | {nats_to_bits(r['nll']):.3f} | {val} | {ratio} | {r['train_cpu_s']:.0f} |")
+    out.append("")
+    out += [f"- {name}: {run['records'][-1]['estimator']}" for name, run in runs.items()]
+    return "\n".join(out)
+
+
+def verdict_early_stopping(runs: dict, name: str = "mdlm") -> str:
+    """Each model at its best-validation evaluation within the same step budget (early stopping)."""
+    m, a = runs[name]["best"], runs["ar"]["best"]
+    ratio = m["nll"] / a["nll"]
+    return (f"{name} / AR with early stopping (each at its lowest validation NLL within {runs[name]['steps']} steps; test NLL there): "
+            f"{name} step {m['step']} {m['nll']:.4f}, AR step {a['step']} {a['nll']:.4f}: {ratio:.4f}; target ≤ {TARGET_NELBO:g}: "
+            f"**{'PASS' if ratio <= TARGET_NELBO else 'FAIL'}**")
+
+
 # ----------------------------------------------------------------------------- figures
+
+
+def figure_text_curves(runs: dict, path: Path) -> Path:
+    """Test NLL (bits/char) against training step for every Part 2 model."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4.0), dpi=110)
+    ax = fig.subplots()
+    for name, run in runs.items():
+        rs = run["records"]
+        ax.plot([r["step"] for r in rs], [nats_to_bits(r["nll"]) for r in rs], "o-", ms=3, label=f"{name} ({run['records'][-1]['kind']})")
+        if run.get("best"):
+            b = run["best"]
+            ax.plot([b["step"]], [nats_to_bits(b["nll"])], "k*", ms=9)
+    ax.set_xlabel("training step"), ax.set_ylabel("test NLL (bits/char)")
+    ax.set_title("Real text: held-out NLL through training (*: best validation)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 def figure_nfe(rows: list[dict], ref: dict, path: Path) -> Path:
@@ -810,6 +880,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="timing repeats of the speed table (default 3; quick 1)")
     p.add_argument("--match-tol", type=float, default=0.02, help="quality matching: generative NLL within this fraction of the worse best")
     p.add_argument("--text-files", default=",".join(TEXT_FILES), help="files of /usr/share/common-licenses for Part 2")
+    p.add_argument("--text-eval-every", type=int, default=None, help="Part 2: evaluate (test and validation NLL) every N steps (default: steps / 12)")
     p.add_argument("--text-length", type=int, default=128, help="characters per row of Part 2")
     p.add_argument("--text-batch", type=int, default=32, help="batch of Part 2 (rows)")
     p.add_argument("--text-n-eval", type=int, default=200, help="held-out rows of Part 2 (each of two held-out sets)")
@@ -881,7 +952,7 @@ def main(argv=None) -> int:
             part_1(args, lines, results, figs, out, tag)
         # ---- Part 2: real text
         if not args.skip_text:
-            part_2(args, lines, results)
+            part_2(args, lines, results, figs, out, tag)
 
     total = time.perf_counter() - t_start
     lines.append(f"figures: {', '.join(figs) or 'none'}; total wall time {total / 60:.1f} min")
@@ -945,17 +1016,20 @@ def speed_part(args, lines: list, results: dict, figs: list, out: Path, tag: str
     results["speed"] = sp
 
 
-def part_2(args, lines: list, results: dict) -> None:
+def part_2(args, lines: list, results: dict, figs: Optional[list] = None, out: Optional[Path] = None, tag: str = "") -> None:
     """Part 2 (real text, Table D), appended to ``lines`` / ``results``."""
     tx = text_section(args, args.quick)
     files = ", ".join(f"{f['name']} ({f['chars']:,})" for f in tx["files"])
     lines.append(f"### D. Real text: {len(tx['files'])} license texts of /usr/share/common-licenses, {tx['total_chars']:,} characters: {files}\n\n"
                  f"Character tokenizer ({tx['n_symbols']} characters + EOS, PAD, mask), rows of {tx['length']} packed with EOS between files: "
                  f"{tx['n_rows']} rows, {tx['n_train_rows']} for training, two held-out sets of {tx['n_heldout_rows']} rows (random split of rows; "
-                 f"NLL on one of them). batch {args.text_batch}, {args.text_steps} steps.\n")
-    lines.append(table_a(tx["models"], None, title="D. Real text: held-out NLL per character", unit="nats/char", bits=True))
-    lines.append("\n" + verdict_nelbo(tx["models"], "mdlm") + "\n")
-    lines.append("(for reference) " + verdict_nelbo(tx["models"], "bd3").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
+                 f"test NLL on one, validation NLL on the other: it picks each model's early-stopping step). batch {args.text_batch}, {args.text_steps} steps, "
+                 f"evaluated every {args.text_eval_every or max(1, args.text_steps // 12)} steps.\n")
+    lines.append(table_d(tx["models"]))
+    lines.append("\n" + verdict_early_stopping(tx["models"], "mdlm") + "\n")
+    lines.append("(for reference) " + verdict_early_stopping(tx["models"], "bd3").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
+    lines.append("(at the last step, without early stopping; the AR model may be past its best) " + verdict_nelbo(tx["models"], "mdlm").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")
+    lines.append("Samples below are drawn from each model's best-validation weights.\n")
     lines.append(table_text(tx) + "\n")
     lines.append("Samples (first 3 of each; `<|eos|>` marks a file boundary):\n")
     for key, texts in tx["texts"].items():
@@ -963,6 +1037,8 @@ def part_2(args, lines: list, results: dict) -> None:
         lines += ["```", *[t.replace("\n", "⏎") for t in texts], "```", ""]
     lines += ["**held-out data**\n", "```", *[t.replace("\n", "⏎") for t in tx["data_texts"]], "```", ""]
     results["text"] = tx
+    if figs is not None and out is not None:
+        figs.append(str(figure_text_curves(tx["models"], out / f"text_nll_vs_step{tag}.png")))
 
 
 if __name__ == "__main__":
