@@ -109,9 +109,14 @@ def markov_config(objective: str, args, *, length: int, batch: int, n_train: int
     return load_config(CONFIGS / f"text-markov-{objective}.yaml", tuple(over))
 
 
+def text_eval_every(args) -> int:
+    """Steps between Part 2 evaluations: --text-eval-every, or steps / 12."""
+    return args.text_eval_every or max(1, args.text_steps // 12)
+
+
 def text_config(objective: str, args, corpus: Path):
     """The same recipe (objective, schedule, optimizer) on the local text corpus, char tokenizer."""
-    over = _common(args, args.text_steps, args.text_batch) + [
+    over = _common(args, args.text_steps, args.text_batch) + [f"train.eval_every={text_eval_every(args)}",
         "data.name=text", f"data.path={corpus}", "data.tokenizer=char", "data.text_mode=pack",
         f"data.length={args.text_length}", f"data.n_eval={args.text_n_eval}",
     ]
@@ -311,7 +316,7 @@ def generate(model, n: int, length: int, *, method: str, steps, batch: int, cach
     model.eval()
     seeds = sample_seeds(seed, n)
     out, nfes, cpu, wall, row_steps = [], [], 0.0, 0.0, []
-    per_row = method in ("top-k", "threshold", "semi-ar")
+    per_row = method in ("top-k", "threshold", "semi-ar")  # MDLM's unmasking samplers (their callback counts rows)
     for start in range(0, n, batch):
         chunk = seeds[start : start + batch]
         g = StackedGenerator(chunk)
@@ -322,7 +327,7 @@ def generate(model, n: int, length: int, *, method: str, steps, batch: int, cach
                                     time_independent=False, generator=g, vocab_size=_vocab(model))
         else:
             opts = dict(options)
-            if method in ("ar", "block", "block-first-hitting"):
+            if method in ("ar", "block", "block-first-hitting", "block-top-k"):
                 opts["use_cache"] = cache
             counts = torch.zeros(len(chunk))
             if per_row:
@@ -391,6 +396,9 @@ def markov_grid(objective: str, quick: bool, length: int) -> list[dict]:
                 add("block (no cache)", "block", s, cache=False)
         add("block first-hitting (cached)", "block-first-hitting", None)
         add("block first-hitting (no cache)", "block-first-hitting", None, cache=False)
+        for order in ("random", "low-confidence"):
+            for s in ([2] if quick else [2, 4, 8]):
+                add(f"block top-k {order}", "block-top-k", s, order=order)
     else:
         add("ar (cached)", "ar", None)
         add("ar (no cache)", "ar", None, cache=False)
@@ -499,8 +507,9 @@ def speed_models(args, init: Optional[dict], objs=SPEED_MODELS) -> tuple[dict, o
 
 
 def _speed_label(method: str, steps) -> str:
-    return {"ancestral": f"ancestral {steps}", "first-hitting": "first-hitting", "block": f"block {steps}/block",
-            "block-first-hitting": "block first-hitting", "ar": "ar"}[method]
+    return {"ancestral": f"ancestral {steps}", "first-hitting": "first-hitting", "top-k": f"top-k random {steps}",
+            "block": f"block {steps}/block", "block-first-hitting": "block first-hitting",
+            "block-top-k": f"block top-k random {steps}/block", "ar": "ar"}[method]
 
 
 def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
@@ -513,11 +522,17 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     sweep = []
     mdlm_steps = [32, 256] if quick else [16, 24, 32, 48, 64, 96, 128, 256, 512]
     bd3_steps = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
-    settings = [("mdlm", "ancestral", s) for s in mdlm_steps] + [("mdlm", "first-hitting", None)]
-    settings += [("bd3", "block", s) for s in bd3_steps] + [("bd3", "block-first-hitting", None), ("ar", "ar", None)]
-    for obj, method, s in settings:
-        x, st = generate(models[obj]["model"], args.speed_n, length, method=method, steps=s, batch=args.speed_batch)
-        r = {"model": obj, "method": method, "steps": s, "label": _speed_label(method, s), **st, **markov_metrics(x, source)}
+    topk_steps = [32] if quick else [16, 24, 32, 48, 64, 96, 128]
+    # only samplers that draw from the model's distribution (no confidence ordering, which lowers
+    # the generative NLL by lowering the sample entropy) compete in the quality matching
+    rnd = {"order": "random"}
+    settings = [("mdlm", "ancestral", s, {}) for s in mdlm_steps] + [("mdlm", "first-hitting", None, {})]
+    settings += [("mdlm", "top-k", s, rnd) for s in topk_steps]
+    settings += [("bd3", "block", s, {}) for s in bd3_steps] + [("bd3", "block-first-hitting", None, {})]
+    settings += [("bd3", "block-top-k", s, rnd) for s in ([2] if quick else [2, 4, 8])] + [("ar", "ar", None, {})]
+    for obj, method, s, opts in settings:
+        x, st = generate(models[obj]["model"], args.speed_n, length, method=method, steps=s, batch=args.speed_batch, **opts)
+        r = {"model": obj, "method": method, "steps": s, "options": opts, "label": _speed_label(method, s), **st, **markov_metrics(x, source)}
         sweep.append(r)
         _log(f"  L{length} {obj} {r['label']}: NFE {r['nfe']:.1f} gen NLL {r['gen_nll']:.4f} ± {r['gen_nll_se']:.4f} entropy {r['entropy']:.3f} {r['tokens_per_s_cpu']:.0f} tok/s (cpu)")
     best = {obj: min(r["gen_nll"] for r in sweep if r["model"] == obj) for obj in ("mdlm", "bd3")}
@@ -544,7 +559,7 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
         for key in runs:
             obj, cache = key
             c = chosen[obj]
-            _, st = generate(models[obj]["model"], n_time, length, method=c["method"], steps=c["steps"], batch=n_time, cache=cache, seed=100 + rep)
+            _, st = generate(models[obj]["model"], n_time, length, method=c["method"], steps=c["steps"], batch=n_time, cache=cache, seed=100 + rep, **c.get("options", {}))
             timing[key].append(st)
     table = []
     for key in runs:
@@ -606,8 +621,7 @@ def text_section(args, quick: bool) -> dict:
             if data is None:
                 data = load_data(cfg.data)
             _log(f"training text-{obj} for {cfg.train.steps} steps, batch {cfg.train.batch_size}")
-            every = args.text_eval_every or max(1, args.text_steps // 12)
-            runs[obj] = train_model(f"text-{obj}", cfg, data, n_nll=args.text_n_eval, n_t=args.n_t, eval_every=every, val=data.reference[: args.text_n_eval])
+            runs[obj] = train_model(f"text-{obj}", cfg, data, n_nll=args.text_n_eval, n_t=args.n_t, eval_every=text_eval_every(args), val=data.reference[: args.text_n_eval])
     tok, length = data.tokenizer, data.shape[0]
     ref = data.reference[: args.text_n]
     specials = (tok.pad_id,)
@@ -694,7 +708,9 @@ def table_c(sp: dict) -> str:
     out = [f"### C. Speed at L = {sp['length']}: quality sweep on the trained L = {sp['length']} models", ""]
     out.append(f"Source H = {sp['source_entropy']:.4f} nats/token; held-out data: generative NLL {sp['data_gen_nll']:.4f}, sample entropy {sp['data_entropy']:.3f}. "
                f"{sp['n_quality']} sequences per row. 'block S/block': S ancestral steps per block (BD3-LM); 'first-hitting': one token per call at its exact "
-               "reveal time (Zheng et al. 2024), over the whole sequence (MDLM) or within each block (BD3).")
+               "reveal time (Zheng et al. 2024), over the whole sequence (MDLM) or within each block (BD3); 'top-k random S': S calls, a fixed number of uniformly "
+               "random positions kept at each (LLaDA's random remasking), over the sequence or per block. Confidence orders are left out here: they lower the "
+               "generative NLL by lowering the sample entropy (Table B).")
     out += ["", "| model | sampler | NFE | gen NLL/token | sample entropy | tokens/s CPU (wall) |", "|---|---|---|---|---|---|"]
     for r in sp["sweep"]:
         out.append(f"| {r['model']} | {r['label']} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | {r['entropy']:.3f} | "
@@ -834,7 +850,9 @@ def figure_speed(sp: dict, path: Path) -> Path:
     fig = Figure(figsize=(5.5, 4.0), dpi=110)
     ax = fig.subplots()
     series = (("mdlm", ("ancestral",), "MDLM ancestral (full sequence)", "o-"), ("mdlm", ("first-hitting",), "MDLM first-hitting", "s"),
+              ("mdlm", ("top-k",), "MDLM top-k random", "x--"),
               ("bd3", ("block",), "BD3 block (KV cache)", "o-"), ("bd3", ("block-first-hitting",), "BD3 first-hitting in blocks (KV cache)", "D"),
+              ("bd3", ("block-top-k",), "BD3 top-k random in blocks (KV cache)", "x--"),
               ("ar", ("ar",), "AR (KV cache)", "^"))
     for obj, methods, label, style in series:
         rs = [r for r in sp["sweep"] if r["model"] == obj and r["method"] in methods]
@@ -1024,7 +1042,7 @@ def part_2(args, lines: list, results: dict, figs: Optional[list] = None, out: O
                  f"Character tokenizer ({tx['n_symbols']} characters + EOS, PAD, mask), rows of {tx['length']} packed with EOS between files: "
                  f"{tx['n_rows']} rows, {tx['n_train_rows']} for training, two held-out sets of {tx['n_heldout_rows']} rows (random split of rows; "
                  f"test NLL on one, validation NLL on the other: it picks each model's early-stopping step). batch {args.text_batch}, {args.text_steps} steps, "
-                 f"evaluated every {args.text_eval_every or max(1, args.text_steps // 12)} steps.\n")
+                 f"evaluated every {text_eval_every(args)} steps.\n")
     lines.append(table_d(tx["models"]))
     lines.append("\n" + verdict_early_stopping(tx["models"], "mdlm") + "\n")
     lines.append("(for reference) " + verdict_early_stopping(tx["models"], "bd3").replace("**PASS**", "within 5%").replace("**FAIL**", "not within 5%") + "\n")

@@ -259,6 +259,34 @@ def test_block_first_hitting_draws_each_block_from_its_exact_conditional():
     assert _chi2(x, den.seqs, p) < bound
     y, _ = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=1, generator=gen(1), use_cache=False)
     assert _chi2(y, den.seqs, p) > 10 * bound
+    # top-k with random order and one token per step: the same law; with one step per block: not
+    z, info = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=bs, generator=gen(2),
+                                     use_cache=False, sampler="top-k", order="random")
+    assert info["nfe"] == length and _chi2(z, den.seqs, p) < bound
+    w, _ = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=1, generator=gen(2),
+                                  use_cache=False, sampler="top-k", order="random")
+    assert _chi2(w, den.seqs, p) > 10 * bound
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True])
+def test_block_topk_cache_gives_identical_tokens_and_fixed_counts(time_conditioning):
+    net = make_net(time_conditioning, seed=9)
+    for order in ("random", "low-confidence"):
+        kw = dict(mask_id=MASK, steps_per_block=3, sampler="top-k", order=order)
+        a, ia = sample_block_diffusion(net, 3, 16, 8, generator=StackedGenerator([1, 2, 3]), use_cache=True, **kw)
+        b, ib = sample_block_diffusion(net, 3, 16, 8, generator=StackedGenerator([1, 2, 3]), use_cache=False, **kw)
+        assert torch.equal(a, b) and (a != MASK).all() and ia["nfe"] == ib["nfe"] == 2 * 3
+
+    seen = []
+
+    class Spy(Recorder):
+        def forward(self, tokens, t=None, **kw):
+            seen.append(int((tokens[0, -8:] != MASK).sum()))  # tokens of the block revealed before this call
+            return super().forward(tokens, t, **kw)
+
+    # a block of 8 in 3 steps (linear α): ⌈8/3⌉ = 3 kept, then ⌈16/3⌉ − 3 = 3, then the last 2
+    sample_block_diffusion(Spy(net), 1, 8, 8, mask_id=MASK, steps_per_block=3, generator=gen(0), sampler="top-k")
+    assert seen == [0, 3, 6]
 
 
 @pytest.mark.parametrize("time_conditioning", [False, True])

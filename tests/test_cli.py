@@ -142,7 +142,7 @@ def test_methods_lists_every_sampler(capsys):
     assert "stochastic" in text and "deterministic" in text
     from genspace.discrete.samplers import token_method_names
 
-    for name in token_method_names() + ["block", "block-first-hitting", "ar"]:
+    for name in token_method_names() + ["block", "block-first-hitting", "block-top-k", "ar"]:
         assert f"  {name} " in text
 
 

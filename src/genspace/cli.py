@@ -312,6 +312,7 @@ def cmd_methods(args, rest) -> int:
         print(f"  {name:18s} {info.description}")
     print(f"  {'block':18s} block diffusion (BD3-LM), block by block with an exact KV cache; --nfe: steps per block")
     print(f"  {'block-first-hitting':18s} block diffusion, first-hitting within blocks (one token per call, exact reveal times)")
+    print(f"  {'block-top-k':18s} block diffusion, top-k unmasking within blocks (--nfe steps per block; order random)")
     print(f"  {'ar':18s} autoregressive decoding with a KV cache")
     return 0
 

@@ -44,6 +44,17 @@ ancestral steps per block) rather than a discretisation of it: with an exact den
 is drawn from its exact conditional (the chain rule in a uniformly random order; tested).
 ``steps_per_block`` is not used.
 
+**Top-k within blocks** (``sampler="top-k"``; LLaDA's fixed-step unmasking, Nie et al. 2025,
+run block by block as its semi-autoregressive decoding, here with BD3's block-causal model and
+KV cache): S = ``steps_per_block`` calls per block; at each, every masked token of the block is
+drawn from x_θ and the k with the highest score of ``order`` are kept, k following the count
+schedule of :func:`~genspace.discrete.samplers.sample_topk` (a near-equal number per step with
+the linear α; all after S steps). ``order="random"`` (the default) keeps uniformly random
+positions: with S ≥ block_size it reveals one token per call in a uniformly random order, the
+same law as first-hitting for a time-independent network; fewer steps reveal several tokens per
+call, each from its marginal. The confidence orders (``low-confidence``, ``margin``,
+``entropy``) trade sample entropy for likelihood under the model (mode seeking).
+
 Stopping (variable length): with ``eos_id``, decoding stops after the block in which every
 sequence has produced EOS (at or after the prompt); all positions after a sequence's first
 generated EOS are set to ``pad_id`` (default ``eos_id``), as are never-generated positions.
@@ -66,11 +77,12 @@ import torch
 
 from genspace.core.random import Generator, rand
 from genspace.discrete.categorical import sample_categorical
+from genspace.discrete.samplers import ORDERS, _confidence, _select_top
 from genspace.discrete.schedules import Schedule, get_schedule
 
 __all__ = ["sample_ar", "sample_block_diffusion", "reveal_step", "BLOCK_SAMPLERS"]
 
-BLOCK_SAMPLERS = ("ancestral", "first-hitting")
+BLOCK_SAMPLERS = ("ancestral", "first-hitting", "top-k")
 
 
 def _time_conditioned(net) -> bool:
@@ -248,6 +260,7 @@ def sample_block_diffusion(
     sampler: str = "ancestral",
     entropy_stop: Optional[float] = None,
     entropy_window: int = 256,
+    order: str = "random",
 ) -> tuple[torch.Tensor, dict]:
     """Block-diffusion sampling (BD3-LM), block by block with an exact KV cache.
 
@@ -267,8 +280,10 @@ def sample_block_diffusion(
         prompt: (P,) or (n, P) ids kept fixed at x[:, :P]; blocks inside the prompt are not
             sampled, and the prompt part of a partly filled block stays clean.
         eos_id, pad_id: stop rule (module doc).
-        sampler: ``"ancestral"`` (S steps of q(x_s | x_t, x_θ) per block) or ``"first-hitting"``
-            (one token per call at its exact reveal time; module doc).
+        sampler: ``"ancestral"`` (S steps of q(x_s | x_t, x_θ) per block), ``"first-hitting"``
+            (one token per call at its exact reveal time) or ``"top-k"`` (S steps per block, a
+            fixed number of tokens kept at each; module doc).
+        order: ``sampler="top-k"`` only: which k tokens are kept at each step (module doc).
         entropy_stop, entropy_window: the low-entropy stop rule (module doc); needs ``pad_id``
             or ``eos_id`` for the positions after a stop.
 
@@ -281,6 +296,8 @@ def sample_block_diffusion(
         raise ValueError(f"need block_size >= 1 and steps_per_block >= 1, got {block_size}, {steps_per_block}")
     if sampler not in BLOCK_SAMPLERS:
         raise ValueError(f"unknown block sampler {sampler!r}; choose one of {list(BLOCK_SAMPLERS)}")
+    if sampler == "top-k" and order not in ORDERS:
+        raise ValueError(f"unknown unmasking order {order!r}; choose one of {list(ORDERS)}")
     if entropy_stop is not None:
         if pad_id is None and eos_id is None:
             raise ValueError("entropy_stop needs pad_id (or eos_id) for the positions after a sequence stops")
@@ -329,6 +346,7 @@ def sample_block_diffusion(
         return out
 
     rows = torch.arange(n, device=device)
+    a1 = float(schedule.alpha(torch.tensor(1.0, dtype=torch.float64)))
     stop_at = torch.full((n,), length, dtype=torch.long, device=device)  # entropy stop: first position not kept
     tic = time.perf_counter()
     for blk in range(p // block_size, n_blocks if p < length else 0):
@@ -353,6 +371,28 @@ def sample_block_diffusion(
                 value = sample_categorical(lg, generator=generator, temperature=temperature)  # (n,)
                 x[rows[active], lo + pos[active]] = value[active]
                 t_row = s_row
+        elif sampler == "top-k":
+            m_start = (x[:, lo:hi] == mask_id).sum(-1)  # (n,) masked tokens of the block at its start
+            for j in range(steps_per_block):
+                masked = x[:, lo:hi] == mask_id  # (n, l)
+                m_left = masked.sum(-1)  # (n,)
+                if int(m_left.max()) == 0:
+                    break
+                f = m_left.to(torch.float64) / m_start.clamp_min(1).to(torch.float64)  # fraction still masked
+                t_row = schedule.t_of_alpha(1.0 - f * (1.0 - a1)).clamp(0.0, 1.0)  # (n,)
+                lg = call(lo, hi, t_row[:, None]).to(torch.float64)  # (n, l, V)
+                lg[..., mask_id] = float("-inf")
+                lp = torch.log_softmax(lg, dim=-1)
+                draw = sample_categorical(lp, generator=generator, temperature=temperature)  # (n, l)
+                score = _confidence(order, lp, draw, generator)  # (n, l)
+                r_next = min(1.0, (j + 1) / steps_per_block)
+                goal = float((schedule.alpha(torch.tensor(1.0 - r_next, dtype=torch.float64)) - a1) / (1.0 - a1))
+                target = torch.ceil(m_start.to(torch.float64) * goal - 1e-9).long()  # cumulative count
+                if j + 1 >= steps_per_block:
+                    target = m_start
+                k_keep = torch.minimum((target - (m_start - m_left)).clamp_min(1), m_left)
+                chosen = _select_top(score, masked, k_keep)
+                x[:, lo:hi] = torch.where(chosen, draw, x[:, lo:hi])
         else:
             logits = None
             for k in range(steps_per_block):

@@ -18,7 +18,8 @@ objective      loss (per token, nats)                 samplers               log
 ``sedd``       score entropy (Lou et al. 2024)         as mdlm (absorbing),   score-entropy bound
                                                       sedd-euler/tweedie
 ``bd3``        block NELBO (Arriola et al. 2025)       block, block-first-    block NELBO: bound
-                                                      hitting (KV cache)
+                                                      hitting, block-top-k
+                                                      (KV cache)
 ``ar``         cross-entropy, causal mask              ar (KV cache)          exact
 =============  =====================================  =====================  ====================
 
@@ -53,7 +54,7 @@ from genspace.nets.transformer import Transformer, TransformerConfig
 OBJECTIVES = ("mdlm", "sedd", "bd3", "ar")
 MASKED_METHODS = ("ancestral", "first-hitting", "top-k", "threshold", "semi-ar")
 SEDD_METHODS = ("sedd-euler", "sedd-tweedie")
-BLOCK_METHODS = ("block", "block-first-hitting")  # BD3-LM's ancestral steps per block; first-hitting within blocks
+BLOCK_METHODS = ("block", "block-first-hitting", "block-top-k")  # BD3-LM's ancestral steps per block; first-hitting / top-k within blocks
 
 
 @dataclass
@@ -344,8 +345,8 @@ class TextModel(nn.Module):
             if method == "ar":
                 return sample_ar(self.net, n, length, start_id=self.mask_id, generator=generator, temperature=temperature, prompt=prompt, eos_id=self.eos_id, pad_id=self.pad_id, **options)
             if method in BLOCK_METHODS:
-                if method == "block-first-hitting":
-                    options["sampler"] = "first-hitting"
+                if method != "block":
+                    options["sampler"] = method.removeprefix("block-")
                 return sample_block_diffusion(self.net, n, length, self.block_size, mask_id=self.mask_id, steps_per_block=steps, generator=generator, schedule=self.schedule, temperature=temperature, prompt=prompt, eos_id=self.eos_id, pad_id=self.pad_id, **options)
             x_init = torch.full((n, length), self.mask_id, dtype=torch.long, device=device) if template is None else template.clone()
             if prompt is not None:
