@@ -17,22 +17,34 @@ every network starts from the same initial weights (``build_model`` seeds with `
   under the TRUE source (± s.e.), the within-sequence sample entropy (the data's beside it: a
   sampler can lower the generative NLL by producing low-entropy sequences), the NFE counted by
   the samplers, and tokens/s (thread CPU time and wall time).
-- Table C (speed, L = 256): MDLM, BD3 and AR of the same size on sequences of 256 tokens: the
-  Part 1 weights (RoPE, no length-dependent parameters) fine-tuned for ``--speed-steps`` steps at
-  L = 256 (batch ``--batch`` × 64 / 256 sequences: the same tokens per step as Part 1), because
-  from scratch MDLM at batch 16 is still at the unigram level (NELBO ≈ 2.03 nats vs H = 1.56)
-  after 2000 steps (``--speed-scratch`` trains from scratch). Quality is matched
-  on these trained models: q* = (1 + ``--match-tol``) × max(best generative NLL of MDLM ancestral,
-  best of BD3) over their step sweeps; each method runs at the fewest steps that reach
-  generative NLL ≤ q*. Those settings are then timed ``--repeats`` times (interleaved), with and
-  without the cache; medians are reported. A second table matches every BD3 setting with the
-  cheapest MDLM setting of the same quality.
+- Table C (speed, L = ``--speed-length``, 256 by default): MDLM, BD3 and AR of the same size:
+  the Part 1 weights (RoPE, no length-dependent parameters) fine-tuned for ``--speed-steps``
+  steps at that length (batch ``--batch`` × 64 / L sequences: the same tokens per step as Part 1),
+  because from scratch MDLM at batch 16 is still at the unigram level (NELBO ≈ 2.03 nats vs
+  H = 1.56) after 2000 steps (``--speed-scratch`` trains from scratch). With ``--models-dir``
+  the trained models are saved there as safetensors and loaded by later runs; a model for a new
+  length starts from the longest saved one below it. ``--prepare`` only trains and saves (run
+  one process per model to use more cores); ``--only-speed`` runs Table C alone (and, with
+  ``--block-table``, Table B for the block samplers on the saved Part 1 BD3 model). Samplers
+  swept: MDLM ancestral, first-hitting and top-k with random order (``--speed-mdlm-steps``);
+  BD3 ancestral steps per block, first-hitting within blocks and top-k random within blocks;
+  only samplers that draw from the model's distribution compete (confidence orders lower the
+  generative NLL by lowering the sample entropy). Quality is matched on these trained models:
+  q* = (1 + ``--match-tol``) × max(best generative NLL of MDLM, best of BD3) over their sweeps;
+  each model runs at its setting with the fewest network calls that reaches generative NLL ≤ q*.
+  Those settings are then timed ``--repeats`` times (interleaved), with and without the cache;
+  medians are reported. A second table matches every BD3 setting with the cheapest MDLM
+  setting within (1 + ``--match-tol``) of its quality.
 
 Part 2, real English text: the license texts in /usr/share/common-licenses (one version of each
 family, no near-duplicates), character tokenizer, rows of 128 characters packed with EOS between
-files, a random split of the rows. MDLM, AR and BD3 at equal size and steps: NELBO against the AR
-NLL per character (and bits per character); no exact generative perplexity exists for real text,
-so samples are scored by sample entropy and distinct-n against held-out text.
+files, a random split of the rows into training rows and two held-out sets. MDLM, AR and BD3 at
+equal size and steps, evaluated every ``--text-eval-every`` steps: test NLL (NELBO) per
+character on one held-out set, validation NLL on the other; each model's early-stopping step is
+its lowest validation NLL, and the MDLM/AR ratio is taken at those steps (a small corpus lets
+AR overfit: a ratio at the last step would compare against an overfitted baseline). No exact
+generative perplexity exists for real text, so samples (from the early-stopping weights) are
+scored by sample entropy and distinct-n against held-out text.
 
 Outputs (``--out``): Markdown tables on stdout and in ``tables.md``; ``results.json``;
 ``gen_nll_vs_nfe.png`` (generative NLL and sample entropy against NFE per sampler) and
@@ -461,7 +473,7 @@ def _load_run(cfg, data, path: Path, *, n_nll: int, n_t: int) -> dict:
     if per_path.exists():
         for key, value in load_file(str(per_path)).items():
             meta["records"][int(key.removeprefix("record"))]["_per"] = value
-    elif meta["records"]:
+    elif meta["records"] and n_nll > 0:
         last = meta["records"][-1]
         again = heldout_nll(model, data.heldout[:n_nll], n_t=n_t, source=data.source)
         if abs(again["nll"] - last["nll"]) > 1e-9 * max(1.0, abs(last["nll"])):
@@ -489,9 +501,16 @@ def speed_models(args, init: Optional[dict], objs=SPEED_MODELS) -> tuple[dict, o
             models[obj] = _load_run(cfg, data, path, n_nll=min(args.n_nll, 128), n_t=max(4, args.n_t // 2))
             continue
         start = None
+        shorter = sorted((int(q.stem.split("-L")[1]), q) for q in folder.glob(f"{obj}-L*.safetensors")
+                         if q.stem.split("-L")[1].isdigit() and int(q.stem.split("-L")[1]) < length) if folder is not None else []
         if not args.speed_scratch:
             if init is not None:
                 start = init[obj]
+            elif shorter:  # the longest saved model below this length starts the fine-tuning
+                l0, q = shorter[-1]
+                c0 = markov_config(obj, args, length=l0, batch=max(1, args.batch * 64 // l0), n_train=args.n_train, n_eval=64, steps=1)
+                _log(f"{obj}-L{length} starts from {q}")
+                start = _load_run(c0, load_data(c0.data), q, n_nll=0, n_t=1)["model"]
             else:
                 c64 = _markov_l64_config(obj, args)
                 _log(f"training {obj} (L = 64, the Part 1 model) for {c64.train.steps} steps, batch {args.batch}")
@@ -523,10 +542,13 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     mdlm_steps = [32, 256] if quick else [16, 24, 32, 48, 64, 96, 128, 256, 512]
     bd3_steps = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
     topk_steps = [32] if quick else [16, 24, 32, 48, 64, 96, 128]
+    if args.speed_mdlm_steps:  # e.g. a coarser grid at a longer length (full-sequence calls get expensive)
+        mdlm_steps = topk_steps = [int(v) for v in args.speed_mdlm_steps.split(",")]
+    mdlm_fh = length <= 2 * max(mdlm_steps)  # MDLM first-hitting costs `length` full-sequence calls
     # only samplers that draw from the model's distribution (no confidence ordering, which lowers
     # the generative NLL by lowering the sample entropy) compete in the quality matching
     rnd = {"order": "random"}
-    settings = [("mdlm", "ancestral", s, {}) for s in mdlm_steps] + [("mdlm", "first-hitting", None, {})]
+    settings = [("mdlm", "ancestral", s, {}) for s in mdlm_steps] + ([("mdlm", "first-hitting", None, {})] if mdlm_fh else [])
     settings += [("mdlm", "top-k", s, rnd) for s in topk_steps]
     settings += [("bd3", "block", s, {}) for s in bd3_steps] + [("bd3", "block-first-hitting", None, {})]
     settings += [("bd3", "block-top-k", s, rnd) for s in ([2] if quick else [2, 4, 8])] + [("ar", "ar", None, {})]
@@ -720,7 +742,7 @@ def table_c(sp: dict) -> str:
     out += [f"Timing at matched quality: {sp['n_timing']} sequences per call, median of {sp['repeats']} interleaved repeats.", ""]
     out += ["| model | sampler | cache | NFE | gen NLL/token | tokens/s CPU | tokens/s wall |", "|---|---|---|---|---|---|---|"]
     for r in sp["table"]:
-        kv = r["method"] in ("block", "block-first-hitting", "ar")
+        kv = r["method"].startswith("block") or r["method"] == "ar"
         cache = "KV cache" if kv and r["cache"] else ("reuse when unchanged" if r["cache"] else "none")
         out.append(f"| {r['model']} | {r['label']} | {cache} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | "
                    f"{r['tokens_per_s_cpu']:,.0f} | {r['tokens_per_s_wall']:,.0f} |")
@@ -893,6 +915,8 @@ def parse_args(argv=None):
     p.add_argument("--n-nll", type=int, default=None, help="held-out sequences for the NLL (default 512; quick 64)")
     p.add_argument("--n-t", type=int, default=None, help="t-points per sequence of the NELBO (default 32; quick 4)")
     p.add_argument("--speed-length", type=int, default=256, help="sequence length of the speed table")
+    p.add_argument("--speed-mdlm-steps", default=None, help="Table C: MDLM step grid (comma-separated) for ancestral and top-k random (default 16..512); "
+                   "first-hitting is left out when the length exceeds twice the largest")
     p.add_argument("--speed-n", type=int, default=None, help="samples per setting of the L = 256 quality sweep (default 128; quick 32)")
     p.add_argument("--speed-batch", type=int, default=None, help="sequences per call in the speed table (default 64; quick 16)")
     p.add_argument("--repeats", type=int, default=None, help="timing repeats of the speed table (default 3; quick 1)")
@@ -906,6 +930,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-text", action="store_true", help="skip Part 2")
     p.add_argument("--skip-speed", action="store_true", help="skip Table C")
     p.add_argument("--only-speed", action="store_true", help="run Table C alone (outputs tables-speed.md, results-speed.json)")
+    p.add_argument("--block-table", action="store_true", help="with --only-speed: also Table B for the block samplers, on the Part 1 BD3 model saved in --models-dir")
     p.add_argument("--models-dir", default=None, help="Table C: load the L = 256 models from this folder when saved there, save newly trained ones")
     p.add_argument("--prepare", default=None, help="with --models-dir: train and save these models (comma-separated of mdlm,bd3,ar) and exit")
     p.add_argument("--skip-markov", action="store_true", help="skip Part 1 and Table C (run Part 2 alone; outputs tables-text.md, results-text.json)")
@@ -1023,8 +1048,34 @@ def part_1(args, lines: list, results: dict, figs: list, out: Path, tag: str) ->
         speed_part(args, lines, results, figs, out, tag, {k: v["model"] for k, v in runs.items()})
 
 
+def block_table(args, lines: list, results: dict) -> None:
+    """Table B for the block samplers alone, on the Part 1 BD3 model saved in --models-dir
+    (``bd3-L64.safetensors``): the same protocol as Table B (``--n`` sequences, batch
+    ``--sample-batch``, exact generative NLL under the source)."""
+    path = Path(args.models_dir or ".") / "bd3-L64.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"--block-table needs the Part 1 BD3 model {path} (train it with --prepare bd3 --models-dir DIR)")
+    cfg = _markov_l64_config("bd3", args)
+    data = load_data(cfg.data)
+    source = data.source
+    run = _load_run(cfg, data, path, n_nll=args.n_nll, n_t=args.n_t)
+    held = data.heldout[: args.n]
+    g_data = exact_generative_nll(held, source)
+    ref = {"h": source.sequence_entropy(64) / 64, "data_gen_nll": g_data.mean, "data_gen_nll_se": g_data.stderr,
+           "data_entropy": sample_entropy(held).mean, "n": args.n, "batch": args.sample_batch}
+    rows = sampler_sweep("bd3", run["model"], source, markov_grid("bd3", args.quick, 64), n=args.n, length=64, batch=args.sample_batch)
+    text = table_b(rows, ref).replace("### B. Markov source:", "### B (block samplers). Markov source, the Part 1 BD3 model (block 8):", 1)
+    lines.append(text + "\n")
+    results["block_table"] = {"reference": ref, "sweep": rows}
+
+
 def speed_part(args, lines: list, results: dict, figs: list, out: Path, tag: str, init: Optional[dict]) -> None:
-    """Tables C0 and C (speed at L = 256), appended to ``lines`` / ``results``."""
+    """Tables C0 and C (speed at L = 256), appended to ``lines`` / ``results``; with
+    --block-table (and no Part 1 in this run) the block samplers' Table B first."""
+    if args.block_table and init is None:
+        block_table(args, lines, results)
+    if args.skip_speed:
+        return
     sp = speed_section(args, args.quick, init)
     lines.append(table_a({k: {**v, "records": v["records"]} for k, v in sp["models"].items()}, sp["source_entropy"],
                          title=f"C0. L = {sp['length']} models for the speed table (batch {sp['batch_train']}, {args.speed_steps} steps"
