@@ -1001,7 +1001,8 @@ def main(argv=None) -> int:
     lines.append(f"figures: {', '.join(figs) or 'none'}; total wall time {total / 60:.1f} min")
     text = "\n".join(lines)
     print(text)
-    name = "tables-speed" if args.only_speed else ("tables-text" if args.skip_markov else "tables")
+    speed_name = "tables-blocks" if args.skip_speed else "tables-speed" + ("" if args.speed_length == 256 else f"-l{args.speed_length}")
+    name = speed_name if args.only_speed else ("tables-text" if args.skip_markov else "tables")
     (out / f"{name}{tag}.md").write_text(text + "\n")
     results["total_wall_s"] = total
     (out / f"{name.replace('tables', 'results')}{tag}.json").write_text(json.dumps(_json_safe(results), indent=2, default=float) + "\n")
