@@ -743,7 +743,10 @@ def table_c(sp: dict) -> str:
     out += ["| model | sampler | cache | NFE | gen NLL/token | tokens/s CPU | tokens/s wall |", "|---|---|---|---|---|---|---|"]
     for r in sp["table"]:
         kv = r["method"].startswith("block") or r["method"] == "ar"
-        cache = "KV cache" if kv and r["cache"] else ("reuse when unchanged" if r["cache"] else "none")
+        if r["method"] not in ("ancestral",) and not kv:
+            cache = "none to use" + ("" if r["cache"] else " (second run)")  # every step changes the input
+        else:
+            cache = "KV cache" if kv and r["cache"] else ("reuse when unchanged" if r["cache"] else "none")
         out.append(f"| {r['model']} | {r['label']} | {cache} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | "
                    f"{r['tokens_per_s_cpu']:,.0f} | {r['tokens_per_s_wall']:,.0f} |")
     out += ["", f"Every BD3 quality level against the cheapest MDLM setting with generative NLL ≤ (1 + {sp['match_tol']:g}) × BD3's "
