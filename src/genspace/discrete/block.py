@@ -77,7 +77,7 @@ import torch
 
 from genspace.core.random import Generator, rand
 from genspace.discrete.categorical import sample_categorical
-from genspace.discrete.samplers import ORDERS, _confidence, _select_top
+from genspace.discrete.samplers import ORDERS, _confidence, _select_top, first_hitting_time, topk_keep_count
 from genspace.discrete.schedules import Schedule, get_schedule
 
 __all__ = ["sample_ar", "sample_block_diffusion", "reveal_step", "BLOCK_SAMPLERS"]
@@ -360,8 +360,7 @@ def sample_block_diffusion(
                     break
                 active = m > 0
                 u = rand((n,), generator=generator, dtype=torch.float64, device=device)
-                one_minus = (1.0 - schedule.alpha(t_row)) * u ** (1.0 / m.clamp_min(1).to(torch.float64))
-                s_row = torch.where(active, schedule.t_of_alpha(1.0 - one_minus).clamp(0.0, 1.0), t_row)
+                s_row = first_hitting_time(schedule, t_row, m, u)
                 logits = call(lo, hi, s_row[:, None])  # (n, l, V)
                 where = torch.where(masked, 0.0, float("-inf")).to(torch.float64)  # uniform over masked positions
                 where[~active, 0] = 0.0  # finished rows: a dummy draw, not used
@@ -385,12 +384,7 @@ def sample_block_diffusion(
                 lp = torch.log_softmax(lg, dim=-1)
                 draw = sample_categorical(lp, generator=generator, temperature=temperature)  # (n, l)
                 score = _confidence(order, lp, draw, generator)  # (n, l)
-                r_next = min(1.0, (j + 1) / steps_per_block)
-                goal = float((schedule.alpha(torch.tensor(1.0 - r_next, dtype=torch.float64)) - a1) / (1.0 - a1))
-                target = torch.ceil(m_start.to(torch.float64) * goal - 1e-9).long()  # cumulative count
-                if j + 1 >= steps_per_block:
-                    target = m_start
-                k_keep = torch.minimum((target - (m_start - m_left)).clamp_min(1), m_left)
+                k_keep = topk_keep_count(schedule, m_start, m_left, j, steps_per_block)
                 chosen = _select_top(score, masked, k_keep)
                 x[:, lo:hi] = torch.where(chosen, draw, x[:, lo:hi])
         else:

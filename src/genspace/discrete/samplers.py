@@ -268,6 +268,29 @@ def sample_ancestral(
 
 
 # ----------------------------------------------------------------------------- first hitting (Zheng et al. 2024)
+def first_hitting_time(schedule: Schedule, t: torch.Tensor, n_masked: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The next reveal time s < t of n masked tokens, by inversion: 1 − α_s = (1 − α_t)·u^{1/n}.
+
+    (B,) float64 t and u, (B,) int n_masked → (B,) s; rows with n_masked = 0 keep t.
+    """
+    one_minus_alpha = (1.0 - schedule.alpha(t)) * u ** (1.0 / n_masked.clamp_min(1).to(F64))
+    return torch.where(n_masked > 0, schedule.t_of_alpha(1.0 - one_minus_alpha).clamp(0.0, 1.0), t)
+
+
+def topk_keep_count(schedule: Schedule, m_start: torch.Tensor, m_left: torch.Tensor, step, steps) -> torch.Tensor:
+    """Tokens to unmask at 0-based step ``step`` of ``steps`` (tensors (B,) or ints) of a span that
+    had ``m_start`` masked tokens, ``m_left`` still masked: the cumulative goal after a fraction
+    r of the steps is ⌈m·(α(1−r) − α(1))/(1 − α(1))⌉, all after the last step, at least one per
+    step, never more than are left. (B,) int64."""
+    step = torch.as_tensor(step, device=m_start.device)
+    steps = torch.as_tensor(steps, device=m_start.device)
+    a1 = schedule.alpha(torch.tensor(1.0, dtype=F64))
+    r_next = ((step + 1).to(F64) / steps.clamp_min(1).to(F64)).clamp(max=1.0)
+    target = torch.ceil(m_start.to(F64) * (schedule.alpha(1.0 - r_next) - a1) / (1.0 - a1) - 1e-9).long()
+    target = torch.where(step + 1 >= steps, m_start, target)
+    return torch.minimum((target - (m_start - m_left)).clamp_min(1), m_left)
+
+
 def sample_first_hitting(
     log_probs_fn: LogProbsFn,
     x_init,
@@ -315,8 +338,7 @@ def sample_first_hitting(
             break
         active = n > 0
         u = rand((b,), generator=generator, dtype=F64, device=x.device)
-        one_minus_alpha = (1.0 - schedule.alpha(t)) * u ** (1.0 / n.clamp_min(1).to(F64))
-        s = torch.where(active, schedule.t_of_alpha(1.0 - one_minus_alpha).clamp(0.0, 1.0), t)
+        s = first_hitting_time(schedule, t, n, u)
         out = model(x, _times(s, x.device))  # (B, L, V)
         position_logits = torch.where(masked, 0.0, -math.inf).to(F64)  # uniform over masked positions
         position_logits[~active, 0] = 0.0  # finished rows: a dummy draw, not used
@@ -404,10 +426,6 @@ def _unmask_loop(
             raise ValueError(f"steps={steps} is fewer than the {int(n_blocks.max())} blocks to generate (one step each at least)")
     a1 = float(schedule.alpha(torch.tensor(1.0, dtype=F64)))
 
-    def unmasked_fraction(r: torch.Tensor) -> torch.Tensor:
-        """Fraction of a block's tokens unmasked after a fraction r of its steps: (α(1−r) − α(1))/(1 − α(1))."""
-        return (schedule.alpha(1.0 - r) - a1) / (1.0 - a1)
-
     big = length + 1
     prev_block = torch.full((b,), -1, dtype=torch.long, device=dev)
     step_in_block = torch.zeros(b, dtype=torch.long, device=dev)
@@ -431,10 +449,7 @@ def _unmask_loop(
         if rule == "top-k":
             score = _confidence(order, lp, draw, generator)
             s_row = steps // n_blocks + (current < steps % n_blocks).long()  # steps of this row's block
-            r_next = ((step_in_block + 1).to(F64) / s_row.clamp_min(1).to(F64)).clamp(max=1.0)
-            target = torch.ceil(m_start.to(F64) * unmasked_fraction(r_next) - 1e-9).long()  # cumulative goal
-            target = torch.where(step_in_block + 1 >= s_row, m_start, target)
-            k = (target - (m_start - m_left)).clamp_min(1)  # at least one token per step
+            k = topk_keep_count(schedule, m_start, m_left, step_in_block, s_row)
         else:  # threshold (Fast-dLLM): every token whose sampled value has probability > τ, at least one
             score = lp.gather(-1, draw[..., None]).squeeze(-1)
             k = (eligible & (score.exp() > threshold)).sum(-1).clamp_min(1)
