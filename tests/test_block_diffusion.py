@@ -93,15 +93,18 @@ def test_ar_samples_follow_the_model_distribution():
 
 
 @pytest.mark.parametrize("time_conditioning", [False, True])
-def test_block_diffusion_cache_gives_identical_tokens(time_conditioning):
+@pytest.mark.parametrize("sampler", ["ancestral", "first-hitting"])
+def test_block_diffusion_cache_gives_identical_tokens(time_conditioning, sampler):
     net = make_net(time_conditioning, seed=2)
-    kw = dict(mask_id=MASK, steps_per_block=5, prompt=torch.tensor([[4, 0, 2, 1, 3]] * 3), schedule="cosine")
+    kw = dict(mask_id=MASK, steps_per_block=5, prompt=torch.tensor([[4, 0, 2, 1, 3]] * 3), schedule="cosine", sampler=sampler)
     a, ia = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=True, **kw)
     b, ib = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=False, **kw)
     assert torch.equal(a, b)
     assert (a[:, :5] == kw["prompt"]).all() and (a != MASK).all()  # 14 = 3 blocks + a short one, prompt mid-block
     assert ia["nfe"] == ib["nfe"] and ia["blocks"] == 3  # block 0 is all prompt: not sampled
-    assert ia["tokens_processed"] < ib["tokens_processed"]
+    assert ia["tokens_processed"] < ib["tokens_processed"] and ia["sampler"] == sampler
+    if sampler == "first-hitting":
+        assert ia["nfe"] == 14 - 5  # exactly one call per generated token
 
 
 def test_cached_block_sampler_never_reruns_finished_blocks():
@@ -287,17 +290,6 @@ def test_block_topk_cache_gives_identical_tokens_and_fixed_counts(time_condition
     # a block of 8 in 3 steps (linear α): ⌈8/3⌉ = 3 kept, then ⌈16/3⌉ − 3 = 3, then the last 2
     sample_block_diffusion(Spy(net), 1, 8, 8, mask_id=MASK, steps_per_block=3, generator=gen(0), sampler="top-k")
     assert seen == [0, 3, 6]
-
-
-@pytest.mark.parametrize("time_conditioning", [False, True])
-def test_block_first_hitting_cache_gives_identical_tokens_one_call_per_token(time_conditioning):
-    net = make_net(time_conditioning, seed=6)
-    kw = dict(mask_id=MASK, steps_per_block=1, prompt=torch.tensor([[4, 0, 2, 1, 3]] * 3), sampler="first-hitting")
-    a, ia = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=True, **kw)
-    b, ib = sample_block_diffusion(net, 3, 14, 4, generator=StackedGenerator([5, 6, 7]), use_cache=False, **kw)
-    assert torch.equal(a, b) and (a[:, :5] == kw["prompt"]).all() and (a != MASK).all()
-    assert ia["nfe"] == ib["nfe"] == 14 - 5  # exactly one call per generated token
-    assert ia["sampler"] == "first-hitting" and ia["tokens_processed"] < ib["tokens_processed"]
 
 
 def test_block_first_hitting_reveal_times():
