@@ -543,7 +543,12 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     bd3_steps = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
     topk_steps = [32] if quick else [16, 24, 32, 48, 64, 96, 128]
     if args.speed_mdlm_steps:  # e.g. a coarser grid at a longer length (full-sequence calls get expensive)
-        mdlm_steps = topk_steps = [int(v) for v in args.speed_mdlm_steps.split(",")]
+        try:
+            mdlm_steps = topk_steps = [int(v) for v in args.speed_mdlm_steps.split(",")]
+        except ValueError:
+            raise ValueError(f"--speed-mdlm-steps takes comma-separated positive integers, got {args.speed_mdlm_steps!r}") from None
+        if min(mdlm_steps) < 1:
+            raise ValueError(f"--speed-mdlm-steps takes comma-separated positive integers, got {args.speed_mdlm_steps!r}")
     mdlm_fh = length <= 2 * max(mdlm_steps)  # MDLM first-hitting costs `length` full-sequence calls
     # only samplers that draw from the model's distribution (no confidence ordering, which lowers
     # the generative NLL by lowering the sample entropy) compete in the quality matching
