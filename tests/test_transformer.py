@@ -110,6 +110,23 @@ def test_rope_depends_on_relative_positions_only():
     assert (net(x, positions=torch.arange(5, -1, -1)) - base).abs().amax() > 1e-6
 
 
+@torch.no_grad()
+def test_rope_table_equals_the_direct_angles_bit_for_bit():
+    # default positions read the cached cos/sin table, explicit ones compute rope_angles: same bits,
+    # with and without a cache offset, in float64 and float32
+    for dtype in (torch.float64, torch.float32):
+        net = make_net().to(dtype)
+        x = tokens(2, 9)
+        assert torch.equal(net(x), net(x, positions=torch.arange(9)))
+        cache_a, cache_b = net.new_cache(), net.new_cache()
+        net(x[:, :4], cache=cache_a)
+        net(x[:, :4], positions=torch.arange(4), cache=cache_b)
+        a = net(x[:, 4:], cache=cache_a, attn_mask="causal")
+        b = net(x[:, 4:], positions=torch.arange(4, 9), cache=cache_b, attn_mask="causal")
+        assert torch.equal(a, b)
+    assert "_rope_tables" not in "".join(net.state_dict())
+
+
 def test_per_row_positions_equal_separate_calls():
     net = make_net()
     x = tokens(2, 5)

@@ -263,7 +263,7 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float, dtype: torc
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE: x·cos + rotate_half(x)·sin for x (B, H, N, d_h); rotate_half(a, b) = (−b, a)."""
+    """RoPE: x·cos + rotate_half(x)·sin for x (…, B, H, N, d_h); rotate_half(a, b) = (−b, a)."""
     a, b = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-b, a], dim=-1) * sin
 
@@ -285,8 +285,9 @@ class SelfAttention(nn.Module):
     def forward(self, x, cos, sin, mask, cache: Optional[KVCache], layer: int) -> torch.Tensor:
         b, n, d = x.shape
         h = self.n_heads
-        q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # 3 × (B, H, N, d_h)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        qkv = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # (3, B, H, N, d_h)
+        q, k = _rotate(qkv[:2], cos, sin).unbind(0)  # q and k in one pass: 2 × (B, H, N, d_h)
+        v = qkv[2]
         if cache is not None:
             k, v = cache._layer(layer, k, v)  # (B, H, len + N, d_h)
         p = self.dropout if self.training else 0.0
@@ -355,6 +356,7 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        self._rope_tables: dict = {}  # (dtype, device) → RoPE cos/sin of every position (see _rope_table)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -448,7 +450,11 @@ class Transformer(nn.Module):
 
         c = self._time(t, b, n)
         h = self.embed(tokens)  # (B, N, D)
-        cos, sin = rope_angles(q_pos, cfg.head_dim, cfg.rope_base, h.dtype)  # (P, 1, N, d_h)
+        if positions is None:  # contiguous default positions: a view of the table
+            cos, sin = self._rope_table(h.dtype, device)
+            cos, sin = cos[:, :, past : past + n], sin[:, :, past : past + n]  # (1, 1, N, d_h)
+        else:
+            cos, sin = rope_angles(q_pos, cfg.head_dim, cfg.rope_base, h.dtype)  # (P, 1, N, d_h)
         for i, block in enumerate(self.blocks):
             h = block(h, c, cos, sin, mask, cache, i)
         if cache is not None:
@@ -462,6 +468,18 @@ class Transformer(nn.Module):
             shift, scale = self.final_adaLN(F.silu(c)).chunk(2, dim=-1)  # (B, 1|N′, D) each
             h = h * (1 + scale) + shift
         return self.head(h)  # (B, N′, V)
+
+    def _rope_table(self, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of :func:`rope_angles` for positions 0..max_len−1, (1, 1, max_len, d_h) each,
+        computed once per dtype and device (the same float64 angles, so slices of it equal a
+        direct computation bit for bit); not part of the state dict."""
+        key = (dtype, torch.device(device))
+        table = self._rope_tables.get(key)
+        if table is None:
+            cfg = self.config
+            pos = torch.arange(cfg.max_len, device=device)[None]  # (1, max_len)
+            table = self._rope_tables[key] = rope_angles(pos, cfg.head_dim, cfg.rope_base, dtype)
+        return table
 
     def _mask(self, attn_mask, q_pos, k_pos, block_size, b: int, n: int) -> Optional[torch.Tensor]:
         if isinstance(attn_mask, str):
