@@ -112,3 +112,13 @@ def test_gumbel_max_draws_the_softmax_and_is_per_sample():
     assert torch.equal(many[4:5], alone)
     with pytest.raises(ValueError, match="temperature"):
         sample_categorical(logits, temperature=-1.0)
+
+
+def test_given_uniforms_equal_the_generator_draw():
+    # sample_categorical(uniform=u) is the same Gumbel-max as drawing u from the generator
+    logits = torch.randn(7, 5, 9, dtype=F64, generator=torch.Generator().manual_seed(3))
+    u = torch.rand(logits.shape, dtype=F64, generator=torch.Generator().manual_seed(8))
+    drawn = sample_categorical(logits, generator=torch.Generator().manual_seed(8), temperature=0.7)
+    assert torch.equal(sample_categorical(logits, uniform=u, temperature=0.7), drawn)
+    with pytest.raises(ValueError, match="uniform must have the logits' shape"):
+        sample_categorical(logits, uniform=u[..., :-1])

@@ -77,7 +77,7 @@ import torch
 
 from genspace.core.random import Generator, rand
 from genspace.discrete.categorical import sample_categorical
-from genspace.discrete.samplers import ORDERS, _confidence, _select_top, first_hitting_time, topk_keep_count
+from genspace.discrete.samplers import ORDERS, _draw_and_score, _select_top, first_hitting_time, topk_keep_count
 from genspace.discrete.schedules import Schedule, get_schedule
 
 __all__ = ["sample_ar", "sample_block_diffusion", "reveal_step", "BLOCK_SAMPLERS"]
@@ -273,7 +273,10 @@ def sample_block_diffusion(
         mask_id: the mask token's id.
         steps_per_block: S ≥ 1 ancestral steps per block (uniform grid t = 1 → 0); not used by
             ``sampler="first-hitting"``.
-        generator: a torch.Generator or a StackedGenerator; one (n, block, V) draw per step.
+        generator: a torch.Generator or a StackedGenerator; per call one (n, block, V) draw
+            (ancestral; top-k: (n, block, V + 1) with the random order's scores), or one
+            (n, 1 + block) draw of the reveal time and position and one (n, V) of the token
+            (first-hitting).
         schedule: α(t) of the reveal probabilities.
         temperature: τ ≥ 0 applied to x_θ.
         use_cache: keep the finished blocks' keys/values in a KV cache.
@@ -359,12 +362,12 @@ def sample_block_diffusion(
                 if int(m.max()) == 0:
                     break
                 active = m > 0
-                u = rand((n,), generator=generator, dtype=torch.float64, device=device)
-                s_row = first_hitting_time(schedule, t_row, m, u)
+                w = rand((n, 1 + hi - lo), generator=generator, dtype=torch.float64, device=device)  # time and position uniforms
+                s_row = first_hitting_time(schedule, t_row, m, w[:, 0])
                 logits = call(lo, hi, s_row[:, None])  # (n, l, V)
                 where = torch.where(masked, 0.0, float("-inf")).to(torch.float64)  # uniform over masked positions
                 where[~active, 0] = 0.0  # finished rows: a dummy draw, not used
-                pos = sample_categorical(where, generator=generator)  # (n,)
+                pos = sample_categorical(where, uniform=w[:, 1:])  # (n,)
                 lg = logits[rows, pos].to(torch.float64)  # (n, V)
                 lg[:, mask_id] = float("-inf")
                 value = sample_categorical(lg, generator=generator, temperature=temperature)  # (n,)
@@ -382,8 +385,7 @@ def sample_block_diffusion(
                 lg = call(lo, hi, t_row[:, None]).to(torch.float64)  # (n, l, V)
                 lg[..., mask_id] = float("-inf")
                 lp = torch.log_softmax(lg, dim=-1)
-                draw = sample_categorical(lp, generator=generator, temperature=temperature)  # (n, l)
-                score = _confidence(order, lp, draw, generator)  # (n, l)
+                draw, score = _draw_and_score(order, lp, generator, temperature)  # (n, l) each
                 k_keep = topk_keep_count(schedule, m_start, m_left, j, steps_per_block)
                 chosen = _select_top(score, masked, k_keep)
                 x[:, lo:hi] = torch.where(chosen, draw, x[:, lo:hi])

@@ -16,25 +16,34 @@ import torch
 
 from genspace.core.random import Generator, rand
 
-__all__ = ["gumbel_noise", "sample_categorical"]
+__all__ = ["gumbel_noise", "gumbel_from_uniform", "sample_categorical"]
 
 _TINY = 1e-300  # keeps −log(−log u) finite for u = 0 in float64
 
 
-def gumbel_noise(shape, *, generator: Generator = None, device=None) -> torch.Tensor:
-    """Standard Gumbel noise of ``shape`` (float64)."""
-    u = rand(shape, generator=generator, dtype=torch.float64, device=device)
-    e = -torch.log(u.clamp_min(_TINY))  # standard exponential
+def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise −log(−log u) from uniforms u ∈ [0, 1) (float64, same shape)."""
+    e = -torch.log(u.to(torch.float64).clamp_min(_TINY))  # standard exponential
     return -torch.log(e.clamp_min(_TINY))
 
 
-def sample_categorical(logits: torch.Tensor, *, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
+def gumbel_noise(shape, *, generator: Generator = None, device=None) -> torch.Tensor:
+    """Standard Gumbel noise of ``shape`` (float64)."""
+    return gumbel_from_uniform(rand(shape, generator=generator, dtype=torch.float64, device=device))
+
+
+def sample_categorical(
+    logits: torch.Tensor, *, generator: Generator = None, temperature: float = 1.0, uniform: torch.Tensor | None = None
+) -> torch.Tensor:
     """Token ids drawn from softmax(logits / temperature) along the last axis.
 
     Args:
         logits: (..., V) unnormalized log-probabilities (−inf for impossible tokens); the leading
             axis is the batch (one generator per row with a StackedGenerator).
         temperature: τ > 0; τ = 0 gives the argmax (greedy).
+        uniform: optional (..., V) uniforms in [0, 1) to use instead of drawing from
+            ``generator`` (a sampler that needs several draws per step takes them in one call
+            of a per-sequence generator and slices them).
 
     Returns:
         (...) int64 ids.
@@ -44,5 +53,10 @@ def sample_categorical(logits: torch.Tensor, *, generator: Generator = None, tem
     logits = logits.to(torch.float64)
     if temperature == 0:
         return logits.argmax(-1)
-    g = gumbel_noise(logits.shape, generator=generator, device=logits.device)
+    if uniform is None:
+        g = gumbel_noise(logits.shape, generator=generator, device=logits.device)
+    else:
+        if uniform.shape != logits.shape:
+            raise ValueError(f"uniform must have the logits' shape {tuple(logits.shape)}, got {tuple(uniform.shape)}")
+        g = gumbel_from_uniform(uniform)
     return (logits / temperature + g).argmax(-1)

@@ -337,12 +337,12 @@ def sample_first_hitting(
         if int(n.max()) == 0:
             break
         active = n > 0
-        u = rand((b,), generator=generator, dtype=F64, device=x.device)
-        s = first_hitting_time(schedule, t, n, u)
+        w = rand((b, 1 + length), generator=generator, dtype=F64, device=x.device)  # the reveal time's and the position's uniforms
+        s = first_hitting_time(schedule, t, n, w[:, 0])
         out = model(x, _times(s, x.device))  # (B, L, V)
         position_logits = torch.where(masked, 0.0, -math.inf).to(F64)  # uniform over masked positions
         position_logits[~active, 0] = 0.0  # finished rows: a dummy draw, not used
-        pos = sample_categorical(position_logits, generator=generator)  # (B,)
+        pos = sample_categorical(position_logits, uniform=w[:, 1:])  # (B,)
         lp = _subs_guard(out[rows, pos], mask_id)  # (B, V): only the chosen positions
         value = sample_categorical(lp, generator=generator, temperature=temperature)  # (B,)
         x[rows[active], pos[active]] = value[active]
@@ -366,6 +366,17 @@ def _confidence(order: str, lp: torch.Tensor, draw: torch.Tensor, generator: Gen
         return top[..., 0] - (top[..., 1] if top.shape[-1] > 1 else 0.0)
     # entropy: lowest entropy first
     return torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(-1)
+
+
+def _draw_and_score(order: str, lp: torch.Tensor, generator: Generator, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A draw from lp (B, L, V) with ``temperature`` and its (B, L) :func:`_confidence` scores.
+    For ``order="random"`` the Gumbel noise and the random scores come from one (B, L, V + 1)
+    uniform draw (one call per sequence of a StackedGenerator instead of two)."""
+    if order != "random":
+        draw = sample_categorical(lp, generator=generator, temperature=temperature)
+        return draw, _confidence(order, lp, draw, generator)
+    u = rand((*lp.shape[:-1], lp.shape[-1] + 1), generator=generator, dtype=F64, device=lp.device)
+    return sample_categorical(lp, uniform=u[..., :-1], temperature=temperature), u[..., -1]
 
 
 def _select_top(score: torch.Tensor, eligible: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -445,12 +456,12 @@ def _unmask_loop(
         f = masked.sum(-1).to(F64) / n_gen.clamp_min(1).to(F64)
         t = schedule.t_of_alpha(1.0 - f * (1.0 - a1)).clamp(0.0, 1.0)
         lp = _subs_guard(model(x, _times(t, dev)), mask_id)  # (B, L, V)
-        draw = sample_categorical(lp, generator=generator, temperature=temperature)  # (B, L)
         if rule == "top-k":
-            score = _confidence(order, lp, draw, generator)
+            draw, score = _draw_and_score(order, lp, generator, temperature)  # (B, L) each
             s_row = steps // n_blocks + (current < steps % n_blocks).long()  # steps of this row's block
             k = topk_keep_count(schedule, m_start, m_left, step_in_block, s_row)
         else:  # threshold (Fast-dLLM): every token whose sampled value has probability > τ, at least one
+            draw = sample_categorical(lp, generator=generator, temperature=temperature)  # (B, L)
             score = lp.gather(-1, draw[..., None]).squeeze(-1)
             k = (eligible & (score.exp() > threshold)).sum(-1).clamp_min(1)
         k = torch.minimum(k, m_left)
