@@ -539,9 +539,13 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     batch = max(1, args.batch * 64 // length)
     source = data.source
     sweep = []
-    mdlm_steps = [32, 256] if quick else [16, 24, 32, 48, 64, 96, 128, 256, 512]
+    # the grids of calls that compete near the matching point have the same resolution for both
+    # models: MDLM 16, 20, …, 64 calls (steps ×1.14–1.25 apart), BD3 top-k 2, 3, …, 8 calls per
+    # block (×1.14–1.5 apart)
+    mdlm_steps = [32, 256] if quick else [16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 128, 256, 512]
     bd3_steps = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
-    topk_steps = [32] if quick else [16, 24, 32, 48, 64, 96, 128]
+    topk_steps = [32] if quick else [16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 128]
+    bd3_topk_steps = [2] if quick else [2, 3, 4, 5, 6, 7, 8]
     if args.speed_mdlm_steps:  # e.g. a coarser grid at a longer length (full-sequence calls get expensive)
         try:
             mdlm_steps = topk_steps = [int(v) for v in args.speed_mdlm_steps.split(",")]
@@ -556,7 +560,7 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     settings = [("mdlm", "ancestral", s, {}) for s in mdlm_steps] + ([("mdlm", "first-hitting", None, {})] if mdlm_fh else [])
     settings += [("mdlm", "top-k", s, rnd) for s in topk_steps]
     settings += [("bd3", "block", s, {}) for s in bd3_steps] + [("bd3", "block-first-hitting", None, {})]
-    settings += [("bd3", "block-top-k", s, rnd) for s in ([2] if quick else [2, 4, 8])] + [("ar", "ar", None, {})]
+    settings += [("bd3", "block-top-k", s, rnd) for s in bd3_topk_steps] + [("ar", "ar", None, {})]
     for obj, method, s, opts in settings:
         x, st = generate(models[obj]["model"], args.speed_n, length, method=method, steps=s, batch=args.speed_batch, **opts)
         r = {"model": obj, "method": method, "steps": s, "options": opts, "label": _speed_label(method, s), **st, **markov_metrics(x, source)}
