@@ -122,3 +122,5 @@ def test_given_uniforms_equal_the_generator_draw():
     assert torch.equal(sample_categorical(logits, uniform=u, temperature=0.7), drawn)
     with pytest.raises(ValueError, match="uniform must have the logits' shape"):
         sample_categorical(logits, uniform=u[..., :-1])
+    with pytest.raises(ValueError, match="not both"):
+        sample_categorical(logits, uniform=u, generator=torch.Generator().manual_seed(8))

@@ -56,6 +56,8 @@ def sample_categorical(
     if uniform is None:
         g = gumbel_noise(logits.shape, generator=generator, device=logits.device)
     else:
+        if generator is not None:
+            raise ValueError("give sample_categorical a generator or uniforms, not both")
         if uniform.shape != logits.shape:
             raise ValueError(f"uniform must have the logits' shape {tuple(logits.shape)}, got {tuple(uniform.shape)}")
         g = gumbel_from_uniform(uniform)
