@@ -26,8 +26,9 @@ every network starts from the same initial weights (``build_model`` seeds with `
   length starts from the longest saved one below it. ``--prepare`` only trains and saves (run
   one process per model to use more cores); ``--only-speed`` runs Table C alone (and, with
   ``--block-table``, Table B for the block samplers on the saved Part 1 BD3 model). Samplers
-  swept: MDLM ancestral, first-hitting and top-k with random order (``--speed-mdlm-steps``);
-  BD3 ancestral steps per block, first-hitting within blocks and top-k random within blocks;
+  swept: MDLM ancestral, first-hitting and top-k with random order (``--speed-mdlm-steps``) and
+  with the dilated order; BD3 ancestral steps per block, first-hitting within blocks and top-k
+  with random and dilated order within blocks;
   only samplers that draw from the model's distribution compete (confidence orders lower the
   generative NLL by lowering the sample entropy). Quality is matched on these trained models:
   q* = (1 + ``--match-tol``) × max(best generative NLL of MDLM, best of BD3) over their sweeps;
@@ -408,7 +409,7 @@ def markov_grid(objective: str, quick: bool, length: int) -> list[dict]:
                 add("block (no cache)", "block", s, cache=False)
         add("block first-hitting (cached)", "block-first-hitting", None)
         add("block first-hitting (no cache)", "block-first-hitting", None, cache=False)
-        for order in ("random", "low-confidence"):
+        for order in ("random", "dilated", "low-confidence"):
             for s in ([2] if quick else [2, 4, 8]):
                 add(f"block top-k {order}", "block-top-k", s, order=order)
     else:
@@ -525,10 +526,10 @@ def speed_models(args, init: Optional[dict], objs=SPEED_MODELS) -> tuple[dict, o
     return models, data
 
 
-def _speed_label(method: str, steps) -> str:
-    return {"ancestral": f"ancestral {steps}", "first-hitting": "first-hitting", "top-k": f"top-k random {steps}",
+def _speed_label(method: str, steps, order: str = "random") -> str:
+    return {"ancestral": f"ancestral {steps}", "first-hitting": "first-hitting", "top-k": f"top-k {order} {steps}",
             "block": f"block {steps}/block", "block-first-hitting": "block first-hitting",
-            "block-top-k": f"block top-k random {steps}/block", "ar": "ar"}[method]
+            "block-top-k": f"block top-k {order} {steps}/block", "ar": "ar"}[method]
 
 
 def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
@@ -546,6 +547,10 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     bd3_steps = [1, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
     topk_steps = [32] if quick else [16, 20, 24, 28, 32, 40, 48, 56, 64, 96, 128]
     bd3_topk_steps = [2] if quick else [2, 3, 4, 5, 6, 7, 8]
+    # the dilated order (a fixed order that spreads each step's tokens) needs far fewer calls: its
+    # grids start lower, MDLM's below the random order's
+    dilated_steps = [4] if quick else [2, 3, 4, 6, 8, 12, 16, 24, 32, 64]
+    bd3_dilated_steps = [2] if quick else [1, 2, 3, 4, 5, 6, 7, 8]
     if args.speed_mdlm_steps:  # e.g. a coarser grid at a longer length (full-sequence calls get expensive)
         try:
             mdlm_steps = topk_steps = [int(v) for v in args.speed_mdlm_steps.split(",")]
@@ -558,12 +563,14 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     # the generative NLL by lowering the sample entropy) compete in the quality matching
     rnd = {"order": "random"}
     settings = [("mdlm", "ancestral", s, {}) for s in mdlm_steps] + ([("mdlm", "first-hitting", None, {})] if mdlm_fh else [])
-    settings += [("mdlm", "top-k", s, rnd) for s in topk_steps]
+    dil = {"order": "dilated"}
+    settings += [("mdlm", "top-k", s, rnd) for s in topk_steps] + [("mdlm", "top-k", s, dil) for s in dilated_steps]
     settings += [("bd3", "block", s, {}) for s in bd3_steps] + [("bd3", "block-first-hitting", None, {})]
-    settings += [("bd3", "block-top-k", s, rnd) for s in bd3_topk_steps] + [("ar", "ar", None, {})]
+    settings += [("bd3", "block-top-k", s, rnd) for s in bd3_topk_steps] + [("bd3", "block-top-k", s, dil) for s in bd3_dilated_steps]
+    settings += [("ar", "ar", None, {})]
     for obj, method, s, opts in settings:
         x, st = generate(models[obj]["model"], args.speed_n, length, method=method, steps=s, batch=args.speed_batch, **opts)
-        r = {"model": obj, "method": method, "steps": s, "options": opts, "label": _speed_label(method, s), **st, **markov_metrics(x, source)}
+        r = {"model": obj, "method": method, "steps": s, "options": opts, "label": _speed_label(method, s, opts.get("order", "random")), **st, **markov_metrics(x, source)}
         sweep.append(r)
         _log(f"  L{length} {obj} {r['label']}: NFE {r['nfe']:.1f} gen NLL {r['gen_nll']:.4f} ± {r['gen_nll_se']:.4f} entropy {r['entropy']:.3f} {r['tokens_per_s_cpu']:.0f} tok/s (cpu)")
     best = {obj: min(r["gen_nll"] for r in sweep if r["model"] == obj) for obj in ("mdlm", "bd3")}
@@ -747,8 +754,9 @@ def table_c(sp: dict) -> str:
     out.append(f"Source H = {sp['source_entropy']:.4f} nats/token; held-out data: generative NLL {sp['data_gen_nll']:.4f}, sample entropy {sp['data_entropy']:.3f}. "
                f"{sp['n_quality']} sequences per row. 'block S/block': S ancestral steps per block (BD3-LM); 'first-hitting': one token per call at its exact "
                "reveal time (Zheng et al. 2024), over the whole sequence (MDLM) or within each block (BD3); 'top-k random S': S calls, a fixed number of uniformly "
-               "random positions kept at each (LLaDA's random remasking), over the sequence or per block. Confidence orders are left out here: they lower the "
-               "generative NLL by lowering the sample entropy (Table B).")
+               "random positions kept at each (LLaDA's random remasking), over the sequence or per block; 'top-k dilated S': the same counts, positions kept in "
+               "the fixed bit-reversal order (0, 4, 2, 6, 1, 5, 3, 7 in a block of 8), so that tokens revealed together lie far apart (Luxembourg et al. 2025). "
+               "Confidence orders are left out here: they lower the generative NLL by lowering the sample entropy (Table B).")
     out += ["", "| model | sampler | NFE | gen NLL/token | sample entropy | tokens/s CPU (wall) |", "|---|---|---|---|---|---|"]
     for r in sp["sweep"]:
         out.append(f"| {r['model']} | {r['label']} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | {r['entropy']:.3f} | "
@@ -898,12 +906,15 @@ def figure_speed(sp: dict, path: Path) -> Path:
     fig = Figure(figsize=(5.5, 4.0), dpi=110)
     ax = fig.subplots()
     series = (("mdlm", ("ancestral",), "MDLM ancestral (full sequence)", "o-"), ("mdlm", ("first-hitting",), "MDLM first-hitting", "s"),
-              ("mdlm", ("top-k",), "MDLM top-k random", "x--"),
+              ("mdlm", ("top-k",), "MDLM top-k random", "x--"), ("mdlm", ("top-k", "dilated"), "MDLM top-k dilated", "v-"),
               ("bd3", ("block",), "BD3 block (KV cache)", "o-"), ("bd3", ("block-first-hitting",), "BD3 first-hitting in blocks (KV cache)", "D"),
               ("bd3", ("block-top-k",), "BD3 top-k random in blocks (KV cache)", "x--"),
+              ("bd3", ("block-top-k", "dilated"), "BD3 top-k dilated in blocks (KV cache)", "v-"),
               ("ar", ("ar",), "AR (KV cache)", "^"))
     for obj, methods, label, style in series:
-        rs = [r for r in sp["sweep"] if r["model"] == obj and r["method"] in methods]
+        method, order = methods[0], (methods[1] if len(methods) > 1 else "random")
+        rs = [r for r in sp["sweep"] if r["model"] == obj and r["method"] == method
+              and (r.get("options") or {}).get("order", "random") == order]
         if not rs:
             continue
         ax.plot([r["tokens_per_s_cpu"] for r in rs], [r["gen_nll"] for r in rs], style, ms=4, label=label)

@@ -269,12 +269,16 @@ def test_block_first_hitting_draws_each_block_from_its_exact_conditional():
     w, _ = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=1, generator=gen(2),
                                   use_cache=False, sampler="top-k", order="random")
     assert _chi2(w, den.seqs, p) > 10 * bound
+    # the dilated order with one token per step: the chain rule in a fixed order, exact too
+    d, info = sample_block_diffusion(den, n, length, bs, mask_id=MASK, steps_per_block=bs, generator=gen(3),
+                                     use_cache=False, sampler="top-k", order="dilated")
+    assert info["nfe"] == length and _chi2(d, den.seqs, p) < bound
 
 
 @pytest.mark.parametrize("time_conditioning", [False, True])
 def test_block_topk_cache_gives_identical_tokens_and_fixed_counts(time_conditioning):
     net = make_net(time_conditioning, seed=9)
-    for order in ("random", "low-confidence"):
+    for order in ("random", "low-confidence", "dilated"):
         kw = dict(mask_id=MASK, steps_per_block=3, sampler="top-k", order=order)
         a, ia = sample_block_diffusion(net, 3, 16, 8, generator=StackedGenerator([1, 2, 3]), use_cache=True, **kw)
         b, ib = sample_block_diffusion(net, 3, 16, 8, generator=StackedGenerator([1, 2, 3]), use_cache=False, **kw)
@@ -290,6 +294,18 @@ def test_block_topk_cache_gives_identical_tokens_and_fixed_counts(time_condition
     # a block of 8 in 3 steps (linear α): ⌈8/3⌉ = 3 kept, then ⌈16/3⌉ − 3 = 3, then the last 2
     sample_block_diffusion(Spy(net), 1, 8, 8, mask_id=MASK, steps_per_block=3, generator=gen(0), sampler="top-k")
     assert seen == [0, 3, 6]
+    # the dilated order in a block of 8 with 4 steps: {0, 4}, {2, 6}, {1, 5}, {3, 7}
+    states = []
+
+    class Tracker(Recorder):
+        def forward(self, tokens, t=None, **kw):
+            states.append((tokens[0, -8:] != MASK).nonzero().flatten().tolist())
+            return super().forward(tokens, t, **kw)
+
+    x, _ = sample_block_diffusion(Tracker(net), 1, 16, 8, mask_id=MASK, steps_per_block=4, generator=gen(0), sampler="top-k", order="dilated")
+    assert (x != MASK).all()
+    # the block's state before each call (the second block's first call also carries the first, clean)
+    assert states == [[], [0, 4], [0, 2, 4, 6], [0, 1, 2, 4, 5, 6]] * 2
 
 
 def test_block_first_hitting_reveal_times():

@@ -19,7 +19,9 @@ from scipy import stats
 from genspace.core.random import StackedGenerator
 from genspace.discrete.oracle import TokenDistribution
 from genspace.discrete.samplers import (
+    bit_reversal_key,
     classifier_free_guidance,
+    dilated_scores,
     sample_ancestral,
     sample_first_hitting,
     sample_semi_ar,
@@ -153,6 +155,9 @@ def test_first_hitting_is_exact_and_parallel_unmasking_is_not(dist):
     # top-k with a random order and one token per step is also exact (chain rule in a random order)
     xr, _ = sample_topk(fn, (n, L), mask_id=MASK, steps=L, order="random", generator=torch.Generator().manual_seed(2))
     assert chi2_pvalue(dist.histogram(xr), dist.probs) > 1e-3
+    # so is the fixed dilated order (the chain rule in the order 0, 2, 1)
+    xd, info_d = sample_topk(fn, (n, L), mask_id=MASK, steps=L, order="dilated", generator=torch.Generator().manual_seed(4))
+    assert info_d["nfe"] == L and chi2_pvalue(dist.histogram(xd), dist.probs) > 1e-3
     # and so is left-to-right semi-AR with blocks of one token (exact autoregressive sampling)
     xs, info_s = sample_semi_ar(fn, (n, L), mask_id=MASK, block_length=1, steps=L, generator=torch.Generator().manual_seed(3))
     assert info_s["nfe"] == L
@@ -282,6 +287,50 @@ def test_orders_pick_their_most_confident_position():
     assert chi2_pvalue(counts, torch.full((3,), 1 / 3, dtype=F64)) > 1e-3
 
 
+def test_bit_reversal_order():
+    order = lambda n: torch.argsort(bit_reversal_key(torch.arange(n))).tolist()  # noqa: E731
+    assert order(1) == [0] and order(2) == [0, 1]
+    assert order(8) == [0, 4, 2, 6, 1, 5, 3, 7]
+    assert order(6) == [0, 4, 2, 1, 5, 3]  # 8's order without 6 and 7
+    for n in range(1, 70):
+        o = order(n)
+        assert sorted(o) == list(range(n))  # a permutation
+        assert o == [i for i in order(128) if i < n]  # the restriction of a longer span's order
+        # its first 2^j positions (2^j ≤ n) are a grid of stride 2^(⌈log2 n⌉ − j): as spread as can be
+        bits = max(1, (n - 1).bit_length())
+        for j in range(bits + 1):
+            if 2**j <= n and 2 ** (bits - j) * (2**j - 1) < n:
+                assert sorted(o[: 2**j]) == list(range(0, 2**bits, 2 ** (bits - j)))[: 2**j]
+    # scores: higher first, exact in float64, and the bit count does not change the order
+    x = torch.arange(1000)
+    assert torch.equal(torch.argsort(-dilated_scores(x)), torch.argsort(bit_reversal_key(x)))
+    assert bit_reversal_key(torch.tensor([0, 1, 2, 3])).tolist() == [0, 2, 1, 3]  # 2 bits
+    assert bit_reversal_key(torch.tensor([0, 1, 2, 3, 8])).tolist() == [0, 8, 4, 12, 1]  # 4 bits: the same keys × 4
+    with pytest.raises(ValueError, match="positions in"):
+        bit_reversal_key(torch.tensor([-1, 2]))
+
+
+def test_dilated_order_reveals_spread_positions():
+    fn = tiny_net(6, 16, 5)
+    picks = []
+    x, info = sample_topk(fn, (2, 16), mask_id=5, steps=4, order="dilated", generator=torch.Generator().manual_seed(0),
+                          callback=lambda d: picks.append(d["unmasked"][0].nonzero().flatten().tolist()))
+    assert info["nfe"] == 4 and (x != 5).all()
+    assert picks == [[0, 4, 8, 12], [2, 6, 10, 14], [1, 5, 9, 13], [3, 7, 11, 15]]  # never neighbours in one step
+    # counted from the first masked position (after a prompt of 3), and within each semi-AR block
+    x_init = torch.full((1, 16), 5)
+    x_init[:, :3] = torch.tensor([0, 1, 2])
+    picks = []
+    sample_topk(fn, x_init, mask_id=5, steps=4, order="dilated", generator=torch.Generator().manual_seed(0),
+                callback=lambda d: picks.append(d["unmasked"][0].nonzero().flatten().tolist()))
+    # 13 positions 0..12 from the prompt on, counts 4, 3, 3, 3; the order is 0, 8, 4, 12, 2, 10, 6, 1, 9, 5, 3, 11, 7
+    assert [[p - 3 for p in step] for step in picks] == [[0, 4, 8, 12], [2, 6, 10], [1, 5, 9], [3, 7, 11]]
+    picks = []
+    sample_semi_ar(fn, (1, 16), mask_id=5, block_length=8, steps=4, order="dilated", generator=torch.Generator().manual_seed(0),
+                   callback=lambda d: picks.append(d["unmasked"][0].nonzero().flatten().tolist()))
+    assert picks == [[0, 2, 4, 6], [1, 3, 5, 7], [8, 10, 12, 14], [9, 11, 13, 15]]
+
+
 # ----------------------------------------------------------------------------- conditions and randomness
 ALL = [
     ("ancestral", {"steps": 5}),
@@ -291,6 +340,7 @@ ALL = [
     ("top-k", {"steps": 4, "order": "random"}),
     ("top-k", {"steps": 4, "order": "margin"}),
     ("top-k", {"steps": 4, "order": "entropy"}),
+    ("top-k", {"steps": 4, "order": "dilated"}),
     ("threshold", {"threshold": 0.3}),
     ("semi-ar", {"block_length": 3, "steps": 4}),
     ("semi-ar", {"block_length": 3, "rule": "threshold", "threshold": 0.3}),

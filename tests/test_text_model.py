@@ -14,6 +14,7 @@ the config and the CLI, on sources whose entropy is known exactly.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -120,6 +121,18 @@ def test_text_corpus_train_sample_with_prompt_and_reload(corpus, tmp_path, capsy
     assert cfg.data.name == "text" and model.mask_id == model.net.config.vocab_size - 1
     assert main(["eval", str(out), "--n", "8", "--nll", "4", "--nelbo-points", "2"]) == 0
     assert "nll_per_token" in capsys.readouterr().out
+    # --order reaches the unmasking samplers, and is refused where it means nothing
+    dil = tmp_path / "dilated"
+    assert main(["sample", str(out), "--prompt", "the", "--n", "2", "--method", "top-k", "--nfe", "4", "--order", "dilated", "--out", str(dil)]) == 0
+    assert all(line.startswith("the") for line in (dil / "samples.txt").read_text().splitlines())
+    capsys.readouterr()
+    assert main(["sample", str(out), "--n", "1", "--method", "ancestral", "--order", "dilated"]) == 2
+    assert "--order is for the top-k, semi-ar and block-top-k samplers, not 'ancestral'" in capsys.readouterr().err
+    assert main(["sample", str(out), "--n", "1", "--method", "top-k", "--order", "sideways"]) == 2
+    assert "unknown --order 'sideways'" in capsys.readouterr().err
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--n", "4", "--nll", "0", "--method", "top-k", "--nfe", "4", "--order", "dilated", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["config"]["order"] == "dilated"
 
 
 def test_text_data_errors(tmp_path, corpus):

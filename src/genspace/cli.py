@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         sp.add_argument("--prompt", default=None, help="text models: the text every sequence starts with")
         sp.add_argument("--temperature", type=float, default=None, help="text models: sampling temperature (default 1)")
+        sp.add_argument("--order", default=None, help="text models, top-k / semi-ar / block-top-k: which tokens each step keeps "
+                        "(low-confidence, random, margin, entropy, dilated; default: the sampler's)")
 
     s = sub.add_parser("sample", help="draw samples from a checkpoint (NumPy file + figure)")
     sampling_args(s)
@@ -139,8 +141,8 @@ def cmd_sample(args, rest) -> int:
     out = Path(args.out or Path(args.checkpoint) / "samples")
     if data.kind == "tokens":
         return _sample_text(model, cfg, data, scfg, args, out)
-    if args.prompt is not None or args.temperature is not None:
-        raise UserError("--prompt and --temperature are for text models")
+    if args.prompt is not None or args.temperature is not None or args.order is not None:
+        raise UserError("--prompt, --temperature and --order are for text models")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     samples = sample_model(model, data.shape, scfg, class_label=args.class_label, progress=True)
@@ -158,6 +160,19 @@ def cmd_sample(args, rest) -> int:
         fig = None
     print(f"{len(samples)} samples ({scfg.method}, {scfg.nfe} NFE, seed {scfg.seed}) in {seconds:.1f} s -> {out / 'samples.npy'}" + (f", {fig}" if fig else ""))
     return 0
+
+
+def _text_order(args, scfg) -> dict:
+    """{"order": --order} for the samplers that take an unmasking order, {} without --order."""
+    if args.order is None:
+        return {}
+    from genspace.discrete.samplers import ORDERS
+
+    if scfg.method not in ("top-k", "semi-ar", "block-top-k"):
+        raise UserError(f"--order is for the top-k, semi-ar and block-top-k samplers, not {scfg.method!r}")
+    if args.order not in ORDERS:
+        raise UserError(f"unknown --order {args.order!r}; choose one of {list(ORDERS)}")
+    return {"order": args.order}
 
 
 def _sample_text(model, cfg, data, scfg, args, out: Path) -> int:
@@ -178,13 +193,14 @@ def _sample_text(model, cfg, data, scfg, args, out: Path) -> int:
         from genspace.data.text import encode_prompt
 
         prompt = encode_prompt(tok, args.prompt, data.shape[0] - 1)
+    extra = _text_order(args, scfg)
     out.mkdir(parents=True, exist_ok=True)
     seeds = sample_seeds(scfg.seed, scfg.n)
     rows, nfe, seconds = [], 0.0, 0.0
     for start in range(0, scfg.n, scfg.batch_size):
         chunk = seeds[start : start + scfg.batch_size]
         x, info = model.sample_with_info(len(chunk), length=data.shape[0], generator=StackedGenerator(chunk), method=scfg.method, steps=scfg.nfe,
-                                         temperature=1.0 if args.temperature is None else args.temperature, prompt=prompt, guidance=scfg.guidance)
+                                         temperature=1.0 if args.temperature is None else args.temperature, prompt=prompt, guidance=scfg.guidance, **extra)
         rows.append(x.cpu())
         nfe, seconds = nfe + info["nfe"], seconds + info["seconds"]
     x = torch.cat(rows)
@@ -211,11 +227,14 @@ def cmd_eval(args, rest) -> int:
     if data.kind == "tokens":
         if args.bpd or args.fid or args.class_label is not None or args.prompt is not None:
             raise UserError("--bpd, --fid, --class and --prompt do not apply to the evaluation of a text model")
-        metrics = experiment.evaluate_tokens(model, data, scfg, n_nll=args.nll, nelbo_points=args.nelbo_points)
+        options = _text_order(args, scfg)
+        if args.temperature is not None:
+            options["temperature"] = args.temperature
+        metrics = experiment.evaluate_tokens(model, data, scfg, n_nll=args.nll, nelbo_points=args.nelbo_points, options=options)
         metrics.pop("_samples")
         print(format_metrics(metrics, title=f"{cfg.name}: {scfg.method}, {scfg.nfe} steps, n={scfg.n}"))
         if args.json:
-            save_json({"config": {"method": scfg.method, "steps": scfg.nfe, "n": scfg.n, "seed": scfg.seed}, "metrics": metrics}, args.json)
+            save_json({"config": {"method": scfg.method, "steps": scfg.nfe, "n": scfg.n, "seed": scfg.seed, **options}, "metrics": metrics}, args.json)
         return 0
     labels, classifier = None, None
     if data.kind == "images":
@@ -312,7 +331,7 @@ def cmd_methods(args, rest) -> int:
         print(f"  {name:18s} {info.description}")
     print(f"  {'block':18s} block diffusion (BD3-LM), block by block with an exact KV cache; --nfe: steps per block")
     print(f"  {'block-first-hitting':18s} block diffusion, first-hitting within blocks (one token per call, exact reveal times)")
-    print(f"  {'block-top-k':18s} block diffusion, top-k unmasking within blocks (--nfe steps per block; order random)")
+    print(f"  {'block-top-k':18s} block diffusion, top-k unmasking within blocks (--nfe steps per block; --order, default random)")
     print(f"  {'ar':18s} autoregressive decoding with a KV cache")
     return 0
 

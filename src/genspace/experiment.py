@@ -574,11 +574,12 @@ def _figures(model: nn.Module, data: DataBundle, cfg: ExperimentConfig, out_dir:
     return paths
 
 
-def evaluate_tokens(model: nn.Module, data: DataBundle, cfg: SampleConfig, *, n: Optional[int] = None, n_nll: int = 256, nelbo_points: Optional[int] = None) -> dict:
+def evaluate_tokens(model: nn.Module, data: DataBundle, cfg: SampleConfig, *, n: Optional[int] = None, n_nll: int = 256, nelbo_points: Optional[int] = None,
+                    options: Optional[dict] = None) -> dict:
     """Metrics of a text model: held-out NLL per token (exact, or a bound with its estimator),
     and of ``n`` generated sequences: their exact NLL under the true source ("exact generative
     perplexity", synthetic sources only), sample entropy and distinct-n beside the data's, NFE
-    and tokens/s of the sampler."""
+    and tokens/s of the sampler. ``options``: further sampler options (``order``, ``temperature``)."""
     from genspace.core.random import StackedGenerator
     from genspace.metrics.text_metrics import distinct_n, exact_generative_nll, sample_entropy
 
@@ -597,7 +598,7 @@ def evaluate_tokens(model: nn.Module, data: DataBundle, cfg: SampleConfig, *, n:
     tokens, infos = [], []
     for start in range(0, n, cfg.batch_size):
         chunk = seeds[start : start + cfg.batch_size]
-        x, info = model.sample_with_info(len(chunk), length=data.shape[0], generator=StackedGenerator(chunk), method=cfg.method, steps=cfg.nfe)
+        x, info = model.sample_with_info(len(chunk), length=data.shape[0], generator=StackedGenerator(chunk), method=cfg.method, steps=cfg.nfe, **(options or {}))
         tokens.append(x.cpu())
         infos.append(info)
     x = torch.cat(tokens)

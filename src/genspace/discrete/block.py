@@ -52,8 +52,12 @@ schedule of :func:`~genspace.discrete.samplers.sample_topk` (a near-equal number
 the linear α; all after S steps). ``order="random"`` (the default) keeps uniformly random
 positions: with S ≥ block_size it reveals one token per call in a uniformly random order, the
 same law as first-hitting for a time-independent network; fewer steps reveal several tokens per
-call, each from its marginal. The confidence orders (``low-confidence``, ``margin``,
-``entropy``) trade sample entropy for likelihood under the model (mode seeking).
+call, each from its marginal. ``order="dilated"`` reveals the block's positions in the fixed
+bit-reversal order (0, 4, 2, 6, 1, 5, 3, 7 for a block of 8; Luxembourg et al. 2025): with 4
+steps per block, {0, 4}, {2, 6}, {1, 5}, {3, 7}, so the tokens drawn together are never
+neighbours; with ``block_size`` steps it is the chain rule in that order. The confidence orders
+(``low-confidence``, ``margin``, ``entropy``) trade sample entropy for likelihood under the
+model (mode seeking).
 
 Stopping (variable length): with ``eos_id``, decoding stops after the block in which every
 sequence has produced EOS (at or after the prompt); all positions after a sequence's first
@@ -77,7 +81,7 @@ import torch
 
 from genspace.core.random import Generator, rand
 from genspace.discrete.categorical import sample_categorical
-from genspace.discrete.samplers import ORDERS, _draw_and_score, _select_top, first_hitting_time, topk_keep_count
+from genspace.discrete.samplers import ORDERS, _draw_and_score, _select_top, dilated_scores, first_hitting_time, topk_keep_count
 from genspace.discrete.schedules import Schedule, get_schedule
 
 __all__ = ["sample_ar", "sample_block_diffusion", "reveal_step", "BLOCK_SAMPLERS"]
@@ -375,6 +379,7 @@ def sample_block_diffusion(
                 t_row = s_row
         elif sampler == "top-k":
             m_start = (x[:, lo:hi] == mask_id).sum(-1)  # (n,) masked tokens of the block at its start
+            dil = dilated_scores(torch.arange(hi - lo, device=device)) if order == "dilated" else None  # within the block
             for j in range(steps_per_block):
                 masked = x[:, lo:hi] == mask_id  # (n, l)
                 m_left = masked.sum(-1)  # (n,)
@@ -385,7 +390,7 @@ def sample_block_diffusion(
                 lg = call(lo, hi, t_row[:, None]).to(torch.float64)  # (n, l, V)
                 lg[..., mask_id] = float("-inf")
                 lp = torch.log_softmax(lg, dim=-1)
-                draw, score = _draw_and_score(order, lp, generator, temperature)  # (n, l) each
+                draw, score = _draw_and_score(order, lp, generator, temperature, dil)  # (n, l) each
                 k_keep = topk_keep_count(schedule, m_start, m_left, j, steps_per_block)
                 chosen = _select_top(score, masked, k_keep)
                 x[:, lo:hi] = torch.where(chosen, draw, x[:, lo:hi])

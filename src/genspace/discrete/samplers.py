@@ -22,7 +22,7 @@ Samplers (time runs t = 1 fully masked → t = 0 clean; α(t) from
   unmasking times, one token per model call; exact for an exact denoiser;
 - :func:`sample_topk` — fixed-step confidence unmasking (MaskGIT, Chang et al. 2022; LLaDA,
   Nie et al. 2025, "low-confidence remasking") with orders low-confidence, random,
-  margin, entropy;
+  margin, entropy and dilated (Luxembourg et al. 2025);
 - :func:`sample_threshold` — confidence-threshold parallel decoding (Fast-dLLM, Wu et al. 2025);
 - :func:`sample_semi_ar` — LLaDA's semi-autoregressive blocks around either of the two above.
 
@@ -51,6 +51,8 @@ from genspace.discrete.schedules import Schedule, get_schedule
 __all__ = [
     "CountingModel",
     "TokenMethod",
+    "bit_reversal_key",
+    "dilated_scores",
     "classifier_free_guidance",
     "masked_tokens",
     "sample_ancestral",
@@ -64,7 +66,7 @@ __all__ = [
 ]
 
 F64 = torch.float64
-ORDERS = ("low-confidence", "random", "margin", "entropy")
+ORDERS = ("low-confidence", "random", "margin", "entropy", "dilated")
 LogProbsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -368,10 +370,46 @@ def _confidence(order: str, lp: torch.Tensor, draw: torch.Tensor, generator: Gen
     return torch.where(p > 0, p * lp, torch.zeros_like(p)).sum(-1)
 
 
-def _draw_and_score(order: str, lp: torch.Tensor, generator: Generator, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def bit_reversal_key(positions: torch.Tensor) -> torch.Tensor:
+    """The van der Corput key of non-negative integer positions: their bits reversed, in as many
+    bits as the largest position needs.
+
+    (…) int64 → (…) int64. Sorting 0, …, n − 1 by this key gives the dilated order (for n = 8:
+    0, 4, 2, 6, 1, 5, 3, 7): every prefix of it is spread over the span as evenly as a prefix can
+    be, so the positions revealed in one step lie far apart. Reversing in more bits only scales
+    every key by the same power of two, so the order does not depend on the bit count.
+    """
+    p = positions.long()
+    if p.numel() and (int(p.min()) < 0 or int(p.max()) >= 2**52):
+        raise ValueError(f"bit_reversal_key takes positions in [0, 2**52), got [{int(p.min())}, {int(p.max())}]")
+    bits = max(1, int(p.max()).bit_length()) if p.numel() else 1
+    key = torch.zeros_like(p)
+    for bit in range(bits):
+        key |= ((p >> bit) & 1) << (bits - 1 - bit)
+    return key
+
+
+def dilated_scores(positions: torch.Tensor) -> torch.Tensor:
+    """(…) float64 scores of the ``dilated`` order (higher = unmasked first) for positions counted
+    from the start of the span being unmasked: minus the :func:`bit_reversal_key`. With k of n
+    tokens per step the first step keeps positions 0, n/k, 2n/k, … of the span (for n/k a power
+    of two), the next step the midpoints between them, and so on (Luxembourg et al. 2025,
+    dilated unmasking). Keys stay below 2^52, so they are exact in float64."""
+    return -bit_reversal_key(positions).to(F64)
+
+
+def _draw_and_score(order: str, lp: torch.Tensor, generator: Generator, temperature: float,
+                    dilated: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A draw from lp (B, L, V) with ``temperature`` and its (B, L) :func:`_confidence` scores.
     For ``order="random"`` the Gumbel noise and the random scores come from one (B, L, V + 1)
-    uniform draw (one call per sequence of a StackedGenerator instead of two)."""
+    uniform draw (one call per sequence of a StackedGenerator instead of two). For
+    ``order="dilated"`` the scores are ``dilated``, (L,) or (B, L) :func:`dilated_scores` of the
+    positions counted from the start of the span (default: of 0, …, L − 1)."""
+    if order == "dilated":
+        draw = sample_categorical(lp, generator=generator, temperature=temperature)
+        if dilated is None:
+            dilated = dilated_scores(torch.arange(lp.shape[1], device=lp.device))
+        return draw, dilated.expand(lp.shape[:-1])
     if order != "random":
         draw = sample_categorical(lp, generator=generator, temperature=temperature)
         return draw, _confidence(order, lp, draw, generator)
@@ -425,11 +463,14 @@ def _unmask_loop(
     masked0 = x == mask_id
     n_gen = masked0.sum(-1)  # (B,)
     positions = torch.arange(length, device=dev)
+    first = torch.where(masked0.any(-1), masked0.to(torch.int8).argmax(-1), 0)  # (B,) each row's first masked position
+    rel = (positions[None] - first[:, None]).clamp_min(0)  # (B, L) positions from it
     if block_length is None:
         block_id = torch.zeros(b, length, dtype=torch.long, device=dev)
     else:
-        first = torch.where(masked0.any(-1), masked0.to(torch.int8).argmax(-1), 0)  # (B,)
-        block_id = (positions[None] - first[:, None]).clamp_min(0) // block_length  # (B, L)
+        block_id = rel // block_length  # (B, L)
+        rel = rel % block_length  # the dilated order runs within each block
+    dilated = dilated_scores(rel) if order == "dilated" else None  # (B, L)
     n_blocks = (block_id.masked_fill(~masked0, -1).max(-1).values + 1).clamp_min(1)  # (B,)
     if rule == "top-k":
         steps = _check_int("steps", steps)
@@ -457,7 +498,7 @@ def _unmask_loop(
         t = schedule.t_of_alpha(1.0 - f * (1.0 - a1)).clamp(0.0, 1.0)
         lp = _subs_guard(model(x, _times(t, dev)), mask_id)  # (B, L, V)
         if rule == "top-k":
-            draw, score = _draw_and_score(order, lp, generator, temperature)  # (B, L) each
+            draw, score = _draw_and_score(order, lp, generator, temperature, dilated)  # (B, L) each
             s_row = steps // n_blocks + (current < steps % n_blocks).long()  # steps of this row's block
             k = topk_keep_count(schedule, m_start, m_left, step_in_block, s_row)
         else:  # threshold (Fast-dLLM): every token whose sampled value has probability > τ, at least one
@@ -503,7 +544,13 @@ def sample_topk(
         order: confidence for choosing the k tokens, all from the untempered model distribution:
             ``low-confidence`` (probability of the sampled token; LLaDA), ``random`` (uniform
             random positions; LLaDA's "random remasking"), ``margin`` (top-1 − top-2
-            probability), ``entropy`` (lowest entropy first).
+            probability), ``entropy`` (lowest entropy first), ``dilated`` (a fixed order that
+            spreads each step's tokens over the span: the bit-reversal order of the positions
+            counted from the row's first masked one, within each block when ``block_length`` is
+            set; Luxembourg et al. 2025). ``random`` and ``dilated`` do not look at the model's
+            output: with one token per step both are the chain rule in some order, exact for an
+            exact denoiser, and ``dilated`` keeps tokens that are revealed together far apart,
+            where their dependence is weakest for sources whose dependence decays with distance.
         block_length: None, or generate in semi-autoregressive blocks of this length (see
             :func:`sample_semi_ar`); ``steps`` are then shared out among the blocks.
         schedule: α(t) for the per-step counts and for the time passed to the model, which is
@@ -697,7 +744,7 @@ _TOKEN_METHODS = {
         TokenMethod("first-hitting", _SAMPLERS, "sample_first_hitting", "log_probs",
                     "exact unmasking times, one token per call (Zheng et al. 2024); exact for an exact denoiser"),
         TokenMethod("top-k", _SAMPLERS, "sample_topk", "log_probs",
-                    "fixed steps, keep the k most confident tokens (MaskGIT/LLaDA; low-confidence, random, margin, entropy)"),
+                    "fixed steps, keep the k most confident tokens (MaskGIT/LLaDA; low-confidence, random, margin, entropy, dilated)"),
         TokenMethod("threshold", _SAMPLERS, "sample_threshold", "log_probs",
                     "unmask every token above a confidence threshold, adaptive NFE (Fast-dLLM)"),
         TokenMethod("semi-ar", _SAMPLERS, "sample_semi_ar", "log_probs",
