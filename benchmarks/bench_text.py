@@ -25,7 +25,8 @@ every network starts from the same initial weights (``build_model`` seeds with `
   the trained models are saved there as safetensors and loaded by later runs; a model for a new
   length starts from the longest saved one below it. ``--prepare`` only trains and saves (run
   one process per model to use more cores); ``--only-speed`` runs Table C alone (and, with
-  ``--block-table``, Table B for the block samplers on the saved Part 1 BD3 model). Samplers
+  ``--block-table`` / ``--mdlm-table``, Table B for the block samplers / the MDLM samplers on the
+  saved Part 1 BD3 / MDLM model). Samplers
   swept: MDLM ancestral, first-hitting and top-k with random order (``--speed-mdlm-steps``) and
   with the dilated order; BD3 ancestral steps per block, first-hitting within blocks and top-k
   with random and dilated order within blocks;
@@ -969,6 +970,7 @@ def parse_args(argv=None):
     p.add_argument("--skip-speed", action="store_true", help="skip Table C")
     p.add_argument("--only-speed", action="store_true", help="run Table C alone (outputs tables-speed.md, results-speed.json)")
     p.add_argument("--block-table", action="store_true", help="with --only-speed: also Table B for the block samplers, on the Part 1 BD3 model saved in --models-dir")
+    p.add_argument("--mdlm-table", action="store_true", help="with --only-speed: also Table B for the MDLM samplers, on the Part 1 MDLM model saved in --models-dir")
     p.add_argument("--models-dir", default=None, help="Table C: load the L = 256 models from this folder when saved there, save newly trained ones")
     p.add_argument("--prepare", default=None, help="with --models-dir: train and save these models (comma-separated of mdlm,bd3,ar) and exit")
     p.add_argument("--skip-markov", action="store_true", help="skip Part 1 and Table C (run Part 2 alone; outputs tables-text.md, results-text.json)")
@@ -1039,7 +1041,8 @@ def main(argv=None) -> int:
     lines.append(f"figures: {', '.join(figs) or 'none'}; total wall time {total / 60:.1f} min")
     text = "\n".join(lines)
     print(text)
-    speed_name = "tables-blocks" if args.skip_speed else "tables-speed" + ("" if args.speed_length == 256 else f"-l{args.speed_length}")
+    speed_name = ({(True, False): "tables-blocks", (False, True): "tables-mdlm"}.get((args.block_table, args.mdlm_table), "tables-b-l64")
+                  if args.skip_speed else "tables-speed" + ("" if args.speed_length == 256 else f"-l{args.speed_length}")
     name = speed_name if args.only_speed else ("tables-text" if args.skip_markov else "tables")
     (out / f"{name}{tag}.md").write_text(text + "\n")
     results["total_wall_s"] = total
@@ -1087,14 +1090,16 @@ def part_1(args, lines: list, results: dict, figs: list, out: Path, tag: str) ->
         speed_part(args, lines, results, figs, out, tag, {k: v["model"] for k, v in runs.items()})
 
 
-def block_table(args, lines: list, results: dict) -> None:
-    """Table B for the block samplers alone, on the Part 1 BD3 model saved in --models-dir
-    (``bd3-L64.safetensors``): the same protocol as Table B (``--n`` sequences, batch
-    ``--sample-batch``, exact generative NLL under the source)."""
-    path = Path(args.models_dir or ".") / "bd3-L64.safetensors"
+def block_table(args, lines: list, results: dict, obj: str = "bd3") -> None:
+    """Table B for one Part 1 model saved in --models-dir (``<obj>-L64.safetensors``): the block
+    samplers of BD3 (``--block-table``) or the samplers of MDLM and of the exact denoiser
+    (``--mdlm-table``), with the same protocol as Table B (``--n`` sequences, batch ``--sample-batch``, exact generative NLL
+    under the source)."""
+    flag = "--block-table" if obj == "bd3" else "--mdlm-table"
+    path = Path(args.models_dir or ".") / f"{obj}-L64.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"--block-table needs the Part 1 BD3 model {path} (train it with --prepare bd3 --models-dir DIR)")
-    cfg = _markov_l64_config("bd3", args)
+        raise FileNotFoundError(f"{flag} needs the Part 1 {obj.upper()} model {path} (train it with --prepare {obj} --models-dir DIR)")
+    cfg = _markov_l64_config(obj, args)
     data = load_data(cfg.data)
     source = data.source
     run = _load_run(cfg, data, path, n_nll=args.n_nll, n_t=args.n_t)
@@ -1102,17 +1107,22 @@ def block_table(args, lines: list, results: dict) -> None:
     g_data = exact_generative_nll(held, source)
     ref = {"h": source.sequence_entropy(64) / 64, "data_gen_nll": g_data.mean, "data_gen_nll_se": g_data.stderr,
            "data_entropy": sample_entropy(held).mean, "n": args.n, "batch": args.sample_batch}
-    rows = sampler_sweep("bd3", run["model"], source, markov_grid("bd3", args.quick, 64), n=args.n, length=64, batch=args.sample_batch)
-    text = table_b(rows, ref).replace("### B. Markov source:", "### B (block samplers). Markov source, the Part 1 BD3 model (block 8):", 1)
+    rows = sampler_sweep(obj, run["model"], source, markov_grid(obj, args.quick, 64), n=args.n, length=64, batch=args.sample_batch)
+    if obj == "mdlm":  # and the same samplers driven by the exact denoiser: the samplers' own error
+        rows += sampler_sweep("exact", ExactMarkovDenoiser(source), source, markov_grid("exact", args.quick, 64), n=args.n, length=64, batch=args.sample_batch)
+    title = "### B (block samplers). Markov source, the Part 1 BD3 model (block 8):" if obj == "bd3" else "### B (MDLM samplers). Markov source, the Part 1 MDLM model and the exact denoiser:"
+    text = table_b(rows, ref).replace("### B. Markov source:", title, 1)
     lines.append(text + "\n")
-    results["block_table"] = {"reference": ref, "sweep": rows}
+    results["block_table" if obj == "bd3" else "mdlm_table"] = {"reference": ref, "sweep": rows}
 
 
 def speed_part(args, lines: list, results: dict, figs: list, out: Path, tag: str, init: Optional[dict]) -> None:
     """Tables C0 and C (speed at L = 256), appended to ``lines`` / ``results``; with
     --block-table (and no Part 1 in this run) the block samplers' Table B first."""
+    if args.mdlm_table and init is None:
+        block_table(args, lines, results, "mdlm")
     if args.block_table and init is None:
-        block_table(args, lines, results)
+        block_table(args, lines, results, "bd3")
     if args.skip_speed:
         return
     sp = speed_section(args, args.quick, init)
