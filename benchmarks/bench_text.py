@@ -1042,7 +1042,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     speed_name = ({(True, False): "tables-blocks", (False, True): "tables-mdlm"}.get((args.block_table, args.mdlm_table), "tables-b-l64")
-                  if args.skip_speed else "tables-speed" + ("" if args.speed_length == 256 else f"-l{args.speed_length}")
+                  if args.skip_speed else "tables-speed" + ("" if args.speed_length == 256 else f"-l{args.speed_length}"))
     name = speed_name if args.only_speed else ("tables-text" if args.skip_markov else "tables")
     (out / f"{name}{tag}.md").write_text(text + "\n")
     results["total_wall_s"] = total

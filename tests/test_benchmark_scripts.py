@@ -1,0 +1,37 @@
+"""The benchmark scripts are not run by the suite (they take minutes to hours), but each must
+at least compile and parse its command line, so that a broken script is caught before a run."""
+
+from __future__ import annotations
+
+import importlib.util
+import py_compile
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(BENCH.glob("*.py"))
+
+
+def test_there_are_scripts():
+    assert any(p.name == "bench_text.py" for p in SCRIPTS)
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_script_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / (path.stem + ".pyc")), doraise=True)
+
+
+def test_bench_text_parses_its_arguments():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_text_under_test", BENCH / "bench_text.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    args = mod.parse_args(["--only-speed", "--skip-speed", "--mdlm-table", "--block-table", "--models-dir", "M"])
+    assert args.mdlm_table and args.block_table and args.models_dir == "M"
+    assert mod._speed_label("top-k", 4, "dilated") == "top-k dilated 4"
+    assert mod._speed_label("block-top-k", 4) == "block top-k random 4/block"
