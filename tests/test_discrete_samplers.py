@@ -331,6 +331,31 @@ def test_dilated_order_reveals_spread_positions():
     assert picks == [[0, 2, 4, 6], [1, 3, 5, 7], [8, 10, 12, 14], [9, 11, 13, 15]]
 
 
+def test_dilated_order_beats_random_order_on_a_sticky_chain():
+    """Several tokens per step are drawn independently from their marginals; the error this adds
+    is their dependence given the revealed tokens, largest for neighbours on a sticky Markov
+    chain (K = 2, L = 12, P(stay) = 0.9). Driven by the exact denoiser, the dilated order (never
+    two neighbours in one step) gives samples of lower exact NLL than the random order with 3
+    and 6 steps (with one token per step both are exact: tested above)."""
+    k, length, stay = 2, 12, 0.9
+    seqs = torch.tensor(list(itertools.product(range(k), repeat=length)))
+    same = (seqs[:, 1:] == seqs[:, :-1]).sum(-1)
+    logp = -math.log(k) + same * math.log(stay) + (length - 1 - same) * math.log(1 - stay)
+    chain = TokenDistribution(logp.exp().to(F64), k, length)
+    fn = chain.log_probs_fn(k)
+    h = float(-(logp.exp() * logp).sum())
+
+    def nll(order, steps, seed):
+        x, _ = sample_topk(fn, (4000, length), mask_id=k, steps=steps, order=order, generator=torch.Generator().manual_seed(seed))
+        v = -chain.log_prob(x)
+        return float(v.mean()), float(v.std()) / math.sqrt(len(v))
+
+    for steps in (3, 6):
+        (mr, sr), (md, sd) = nll("random", steps, 1), nll("dilated", steps, 2)
+        assert md + 4 * math.hypot(sr, sd) < mr, (steps, mr, md)
+        assert md > h + 4 * sd  # still above the entropy: parallel steps cost something
+
+
 # ----------------------------------------------------------------------------- conditions and randomness
 ALL = [
     ("ancestral", {"steps": 5}),
