@@ -75,7 +75,7 @@ import torch
 
 from genspace.config import to_dict
 from genspace.core.random import StackedGenerator
-from genspace.discrete.samplers import sample_tokens
+from genspace.discrete.samplers import ORDERS as SAMPLER_ORDERS, sample_tokens
 from genspace.discrete.schedules import get_schedule
 from genspace.experiment import build_model, load_config, load_data, sample_seeds
 from genspace.metrics.text_metrics import distinct_n, exact_generative_nll, nats_to_bits, sample_entropy
@@ -92,7 +92,7 @@ TEXT_FILES = ("Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.3", "GPL-2", "
 MARKOV_MODELS = ("mdlm", "ar", "bd3", "sedd")
 TEXT_MODELS = ("mdlm", "ar", "bd3")
 EVAL_FRACTIONS = (0.25, 0.5, 1.0)
-ORDERS = ("low-confidence", "random", "margin", "entropy")
+ORDERS = SAMPLER_ORDERS  # every unmasking order of the library's top-k samplers
 TARGET_NELBO = 1.05  # masked-diffusion NELBO ≤ 1.05 × AR NLL
 TARGET_SPEED = 5.0  # BD3 with cache ≥ 5 × the tokens/s of full-sequence MDLM at equal quality
 

@@ -35,3 +35,9 @@ def test_bench_text_parses_its_arguments():
     assert args.mdlm_table and args.block_table and args.models_dir == "M"
     assert mod._speed_label("top-k", 4, "dilated") == "top-k dilated 4"
     assert mod._speed_label("block-top-k", 4) == "block top-k random 4/block"
+    # Table B sweeps every unmasking order of the library
+    from genspace.discrete.samplers import ORDERS
+
+    labels = {r["label"] for r in mod.markov_grid("mdlm", False, 64)}
+    assert {f"top-k {order}" for order in ORDERS} <= labels
+    assert "block top-k dilated" in {r["label"] for r in mod.markov_grid("bd3", False, 64)}
