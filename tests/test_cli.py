@@ -120,6 +120,9 @@ def test_bad_values_are_one_line_errors(run, capsys):
     assert "nope" in line and "heun" in line
     assert main(["sample", str(out), "--nfe", "0"]) == 2
     assert "--nfe" in _error_line(capsys)
+    for command in ("sample", "eval"):  # text-model options on a point-data run
+        assert main([command, str(out), "--order", "dilated"]) == 2
+        assert "--order are for text models" in _error_line(capsys)
     assert main(["train", str(cfg), "--out", str(out)]) == 2  # existing run without --resume
     assert "--resume" in _error_line(capsys)
     assert main(["train", str(cfg), "--out", "x", "--model.process=nope"]) == 2

@@ -236,6 +236,8 @@ def cmd_eval(args, rest) -> int:
         if args.json:
             save_json({"config": {"method": scfg.method, "steps": scfg.nfe, "n": scfg.n, "seed": scfg.seed, **options}, "metrics": metrics}, args.json)
         return 0
+    if args.prompt is not None or args.temperature is not None or args.order is not None:
+        raise UserError("--prompt, --temperature and --order are for text models")
     labels, classifier = None, None
     if data.kind == "images":
         classifier = image_classifier(cfg.data, Path(args.checkpoint) / "classifier")
