@@ -405,14 +405,13 @@ def _draw_and_score(order: str, lp: torch.Tensor, generator: Generator, temperat
     uniform draw (one call per sequence of a StackedGenerator instead of two). For
     ``order="dilated"`` the scores are ``dilated``, (L,) or (B, L) :func:`dilated_scores` of the
     positions counted from the start of the span (default: of 0, …, L − 1)."""
-    if order == "dilated":
+    if order != "random":
         draw = sample_categorical(lp, generator=generator, temperature=temperature)
+        if order != "dilated":
+            return draw, _confidence(order, lp, draw, generator)
         if dilated is None:
             dilated = dilated_scores(torch.arange(lp.shape[1], device=lp.device))
         return draw, dilated.expand(lp.shape[:-1])
-    if order != "random":
-        draw = sample_categorical(lp, generator=generator, temperature=temperature)
-        return draw, _confidence(order, lp, draw, generator)
     u = rand((*lp.shape[:-1], lp.shape[-1] + 1), generator=generator, dtype=F64, device=lp.device)
     return sample_categorical(lp, uniform=u[..., :-1], temperature=temperature), u[..., -1]
 
