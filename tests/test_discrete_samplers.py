@@ -17,6 +17,7 @@ import torch
 from scipy import stats
 
 from genspace.core.random import StackedGenerator
+from genspace.data.sources import CopySource
 from genspace.discrete.oracle import TokenDistribution
 from genspace.discrete.samplers import (
     bit_reversal_key,
@@ -465,3 +466,47 @@ def test_classifier_free_guidance():
     assert info["nfe"] == 2 and torch.equal(x[~masked], x_t[~masked])
     with pytest.raises(ValueError):
         classifier_free_guidance(cond, scale=w, mask_id=mask)  # neither prompt_mask nor uncond_fn
+
+
+
+def test_parallel_steps_break_copies_at_the_predicted_rate():
+    """The copy source (x_{m+i} = x_i, first half uniform over K). With the exact denoiser, as long
+    as the sequence is still valid, a pair (i, m+i) revealed in one step is drawn from two uniform
+    marginals and matches with probability 1/K; revealed in different steps, the later token
+    copies the earlier. So P(valid) = E[K^(−J)], J the number of pairs that share a step:
+    - ancestral, linear schedule: each token's reveal step is uniform over the S steps,
+      independently, so P(valid) = (1 − (1 − 1/K)/S)^m;
+    - top-k random: the kept positions are consecutive groups of k_j of a uniformly random
+      permutation (computed here by enumerating the L! permutations);
+    - top-k dilated: i and i + L/2 are neighbours in the bit-reversal order, so with fewer than L
+      steps every pair shares a step: P(valid) = K^(−m);
+    - one token per call (first-hitting, or dilated with L steps) is exact: P(valid) = 1."""
+    k, length = 2, 8
+    m = length // 2
+    source = CopySource(n_symbols=k)
+    seqs = torch.tensor(list(itertools.product(range(k), repeat=length)))
+    copy = TokenDistribution(source.log_prob(seqs).exp(), k, length)
+    fn = copy.log_probs_fn(k)
+    n = 6000
+
+    def valid(method, seed, **opts):
+        x, _ = sample_tokens(method, fn, (n, length), mask_id=k, generator=torch.Generator().manual_seed(seed), **opts)
+        return torch.isfinite(source.log_prob(x)).double()  # (n,)
+
+    def close(v, expected):
+        se = math.sqrt(expected * (1 - expected) / n)
+        assert abs(float(v.mean()) - expected) < 4.5 * se, (float(v.mean()), expected, se)
+
+    def by_permutations(group):  # E[K^(−J)] over the L! equally likely orders, groups of `group` consecutive positions
+        total = 0.0
+        for perm in itertools.permutations(range(length)):
+            step = {pos: r // group for r, pos in enumerate(perm)}
+            total += k ** -sum(step[i] == step[m + i] for i in range(m))
+        return total / math.factorial(length)
+
+    for steps in (2, 4):
+        close(valid("ancestral", steps, steps=steps), (1 - (1 - 1 / k) / steps) ** m)
+        close(valid("top-k", 10 + steps, steps=steps, order="random"), by_permutations(length // steps))
+        close(valid("top-k", 20 + steps, steps=steps, order="dilated"), k ** -m)
+    assert bool((valid("top-k", 30, steps=length, order="dilated") == 1).all())
+    assert bool((valid("first-hitting", 31) == 1).all())
