@@ -41,3 +41,37 @@ def test_bench_text_parses_its_arguments():
     labels = {r["label"] for r in mod.markov_grid("mdlm", False, 64)}
     assert {f"top-k {order}" for order in ORDERS} <= labels
     assert "block top-k dilated" in {r["label"] for r in mod.markov_grid("bd3", False, 64)}
+
+
+def _load(name):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
+
+
+def test_bench_copy_parses_its_arguments_and_states_the_exact_denoiser_law():
+    mod = _load("bench_copy")
+    args = mod.parse_args(["--length", "128", "--models-dir", "M"])
+    assert args.length == 128 and args.models_dir == "M" and args.steps == 2000
+    with pytest.raises(ValueError, match="--block 8 must divide"):
+        mod.parse_args(["--length", "12"])
+    with pytest.raises(ValueError, match="even"):
+        mod.parse_args(["--length", "63"])
+    length, k = 64, 8
+    for steps in (1, 7, 8, 48, 64, 100):  # the library's top-k counts reveal every token
+        counts = mod._counts(steps, length)
+        assert sum(counts) == length and min(counts) >= 1 and len(counts) == min(steps, length)
+    assert mod.predicted_valid("mdlm", "ancestral", 16, "", length, k, 8) == pytest.approx((1 - (1 - 1 / k) / 16) ** 32)
+    assert mod.predicted_valid("mdlm", "top-k", 8, "dilated", length, k, 8) == pytest.approx(k ** -32.0)
+    assert mod.predicted_valid("mdlm", "top-k", 64, "dilated", length, k, 8) == 1.0
+    assert mod.predicted_valid("mdlm", "top-k", 64, "random", length, k, 8) == 1.0
+    # two tokens per step: a pair shares a step with probability 1/63, so P(valid) ≈ (1 − (7/8)/63)^32
+    assert mod.predicted_valid("mdlm", "top-k", 32, "random", length, k, 8) == pytest.approx((1 - (7 / 8) / 63) ** 32, abs=0.02)
+    assert mod.predicted_valid("bd3", "block-top-k", 1, "random", length, k, 8) == 1.0
+    labels = {(m, meth) for m, meth, *_ in mod.settings(False, length)}
+    assert {("mdlm", "top-k"), ("mdlm", "ancestral"), ("bd3", "block-top-k"), ("ar", "ar")} <= labels
