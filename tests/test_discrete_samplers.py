@@ -480,7 +480,8 @@ def test_parallel_steps_break_copies_at_the_predicted_rate():
       permutation (computed here by enumerating the L! permutations);
     - top-k dilated: i and i + L/2 are neighbours in the bit-reversal order, so with fewer than L
       steps every pair shares a step: P(valid) = K^(−m);
-    - one token per call (first-hitting, or dilated with L steps) is exact: P(valid) = 1."""
+    - one token per call (first-hitting, or dilated with L steps) is exact: P(valid) = 1;
+    - on the reversal source the dilated order is exact from 2 steps on (below)."""
     k, length = 2, 8
     m = length // 2
     source = CopySource(n_symbols=k)
@@ -510,3 +511,12 @@ def test_parallel_steps_break_copies_at_the_predicted_rate():
         close(valid("top-k", 20 + steps, steps=steps, order="dilated"), k ** -m)
     assert bool((valid("top-k", 30, steps=length, order="dilated") == 1).all())
     assert bool((valid("first-hitting", 31) == 1).all())
+    # the reversal (x_{m+i} = x_{m+1-i}): the bit reversal of L − 1 − i is the complement of that of
+    # i, so with an even power-of-two number of steps no pair shares one and the dilated order is
+    # exact from 2 calls on; one call reveals every pair together
+    reverse = CopySource(n_symbols=k, mode="reverse")
+    fn = TokenDistribution(reverse.log_prob(seqs).exp(), k, length).log_probs_fn(k)
+    source = reverse  # valid() reads fn and source when called
+    for steps in (2, 4):
+        assert bool((valid("top-k", 40 + steps, steps=steps, order="dilated") == 1).all())
+    close(valid("top-k", 41, steps=1, order="dilated"), k ** -m)
