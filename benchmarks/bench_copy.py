@@ -63,13 +63,9 @@ import bench_text as bt  # noqa: E402  (the shared training, sampling and table 
 from genspace.discrete.samplers import bit_reversal_key, topk_keep_count  # noqa: E402
 from genspace.discrete.schedules import get_schedule  # noqa: E402
 from genspace.experiment import load_data  # noqa: E402
-from genspace.metrics.text_metrics import sample_entropy  # noqa: E402
+from genspace.metrics.text_metrics import exact_generative_nll, sample_entropy  # noqa: E402
 
 MODELS = ("mdlm", "bd3", "ar")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def copy_config(obj: str, args):
@@ -94,10 +90,10 @@ def copy_models(args) -> tuple[dict, object]:
             data = load_data(cfg.data)
         path = None if folder is None else folder / f"copy-{obj}-L{args.length}.safetensors"
         if path is not None and path.exists():
-            _log(f"loading {path}")
+            bt._log(f"loading {path}")
             models[obj] = bt._load_run(cfg, data, path, n_nll=args.n_nll, n_t=args.n_t)
             continue
-        _log(f"training {obj} on the copy source (L = {args.length}) for {args.steps} steps, batch {cfg.train.batch_size}")
+        bt._log(f"training {obj} on the copy source (L = {args.length}) for {args.steps} steps, batch {cfg.train.batch_size}")
         models[obj] = bt.train_model(obj, cfg, data, n_nll=args.n_nll, n_t=args.n_t)
         if path is not None:
             bt._save_run(models[obj], path)
@@ -154,10 +150,9 @@ def predicted_valid(model: str, method: str, steps: Optional[int], order: str, l
 
 
 def copy_metrics(x: torch.Tensor, source, m: int) -> dict:
-    valid = torch.isfinite(source.log_prob(x)).double()  # (N,)
-    n = len(valid)
-    p = float(valid.mean())
-    return {"valid": p, "valid_se": math.sqrt(max(p * (1 - p), 1e-12) / n), "pair_acc": float((x[:, m:] == x[:, :m]).double().mean()),
+    """Valid fraction (exact, under the source) ± its binomial s.e., matching pairs, first-half entropy."""
+    p = 1.0 - exact_generative_nll(x, source).invalid_fraction
+    return {"valid": p, "valid_se": math.sqrt(max(p * (1 - p), 1e-12) / len(x)), "pair_acc": float((x[:, m:] == x[:, :m]).double().mean()),
             "entropy_first": sample_entropy(x[:, :m]).mean}
 
 
@@ -193,27 +188,16 @@ def copy_section(args) -> dict:
              "predicted": predicted_valid(obj, method, s, order, length, args.symbols, args.block)}
         sweep.append(r)
         pred = "" if r["predicted"] is None else f" (exact denoiser {r['predicted']:.3f})"
-        _log(f"  {obj} {r['label']}: NFE {r['nfe']:.1f} valid {r['valid']:.3f}{pred} pairs {r['pair_acc']:.3f} "
+        bt._log(f"  {obj} {r['label']}: NFE {r['nfe']:.1f} valid {r['valid']:.3f}{pred} pairs {r['pair_acc']:.3f} "
              f"entropy {r['entropy_first']:.3f} {r['tokens_per_s_cpu']:,.0f} tok/s (cpu)")
     best = {obj: max(r["valid"] for r in sweep if r["model"] == obj) for obj in ("mdlm", "bd3")}
     v_star = min(best.values()) - args.match_tol
-
-    def cheapest(rows):
-        return min(rows, key=lambda r: (r["nfe"], -r["tokens_per_s_cpu"])) if rows else None
-
-    chosen = {obj: cheapest([r for r in sweep if r["model"] == obj and r["valid"] >= v_star]) for obj in ("mdlm", "bd3")}
+    chosen = {obj: bt.cheapest([r for r in sweep if r["model"] == obj and r["valid"] >= v_star]) for obj in ("mdlm", "bd3")}
     chosen["ar"] = next(r for r in sweep if r["model"] == "ar")
-    runs = [(obj, cache) for obj in MODELS for cache in (True, False)]
-    timing = {key: [] for key in runs}
-    for rep in range(args.repeats):
-        for obj, cache in runs:
-            c = chosen[obj]
-            _, st = bt.generate(models[obj]["model"], args.timing_batch, length, method=c["method"], steps=c["steps"], batch=args.timing_batch,
-                                cache=cache, seed=100 + rep, **c["options"])
-            timing[(obj, cache)].append(st)
+    timing = bt.time_matched(models, chosen, MODELS, n=args.timing_batch, length=length, repeats=args.repeats)
     table = []
-    for obj, cache in runs:
-        sts, c = timing[(obj, cache)], chosen[obj]
+    for (obj, cache), sts in timing.items():
+        c = chosen[obj]
         table.append({"model": obj, "label": c["label"], "method": c["method"], "cache": cache, "nfe": statistics.median(s["nfe"] for s in sts),
                       "valid": c["valid"], "tokens_per_s_cpu": statistics.median(s["tokens_per_s_cpu"] for s in sts),
                       "tokens_per_s_wall": statistics.median(s["tokens_per_s_wall"] for s in sts),

@@ -533,6 +533,25 @@ def _speed_label(method: str, steps, order: str = "random") -> str:
             "block-top-k": f"block top-k {order} {steps}/block", "ar": "ar"}[method]
 
 
+def cheapest(rows: list[dict]) -> Optional[dict]:
+    """The sweep row with the fewest network calls (each call of one model costs about the same), then the faster; None for no rows."""
+    return min(rows, key=lambda r: (r["nfe"], -r["tokens_per_s_cpu"])) if rows else None
+
+
+def time_matched(models: dict, chosen: dict, objs, *, n: int, length: int, repeats: int) -> dict:
+    """Time each model's chosen sweep row with and without the cache, ``repeats`` times
+    interleaved (model by model within a repeat, in the order of ``objs``): {(obj, cache): [the
+    stats of :func:`generate`, one per repeat]}."""
+    timing = {(obj, cache): [] for obj in objs for cache in (True, False)}
+    for rep in range(repeats):
+        for obj, cache in timing:
+            c = chosen[obj]
+            _, st = generate(models[obj]["model"], n, length, method=c["method"], steps=c["steps"], batch=n, cache=cache, seed=100 + rep,
+                             **c.get("options", {}))
+            timing[(obj, cache)].append(st)
+    return timing
+
+
 def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     """Train (or load) MDLM / BD3 / AR at L = args.speed_length (:func:`speed_models`), match
     quality, time with and without cache."""
@@ -577,9 +596,6 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
     best = {obj: min(r["gen_nll"] for r in sweep if r["model"] == obj) for obj in ("mdlm", "bd3")}
     q_star = (1.0 + args.match_tol) * max(best.values())
 
-    def cheapest(rows):  # fewest network calls (each call of one model costs about the same), then the faster
-        return min(rows, key=lambda r: (r["nfe"], -r["tokens_per_s_cpu"])) if rows else None
-
     chosen = {obj: cheapest([r for r in sweep if r["model"] == obj and r["gen_nll"] <= q_star]) for obj in ("mdlm", "bd3")}
     chosen["ar"] = next(r for r in sweep if r["model"] == "ar")
     # every quality level of BD3: the cheapest MDLM setting that is as good (within the tolerance)
@@ -590,20 +606,10 @@ def speed_section(args, quick: bool, init: Optional[dict]) -> dict:
                          "mdlm_label": None if rm is None else rm["label"],
                          "mdlm_steps": None if rm is None else rm["steps"], "mdlm_gen_nll": None if rm is None else rm["gen_nll"],
                          "mdlm_tps": None if rm is None else rm["tokens_per_s_cpu"], "ratio": None if rm is None else rb["tokens_per_s_cpu"] / rm["tokens_per_s_cpu"]})
-    # timing of the matched settings, with and without the cache, interleaved
-    runs = [(obj, cache) for obj in ("bd3", "mdlm", "ar") for cache in (True, False)]
-    timing = {k: [] for k in runs}
     n_time = args.speed_batch
-    for rep in range(args.repeats):
-        for key in runs:
-            obj, cache = key
-            c = chosen[obj]
-            _, st = generate(models[obj]["model"], n_time, length, method=c["method"], steps=c["steps"], batch=n_time, cache=cache, seed=100 + rep, **c.get("options", {}))
-            timing[key].append(st)
+    timing = time_matched(models, chosen, ("bd3", "mdlm", "ar"), n=n_time, length=length, repeats=args.repeats)
     table = []
-    for key in runs:
-        obj, cache = key
-        sts = timing[key]
+    for (obj, cache), sts in timing.items():
         c = chosen[obj]
         table.append({
             "model": obj, "method": c["method"], "label": c["label"], "cache": cache, "steps": c["steps"], "nfe": statistics.median(s["nfe"] for s in sts),

@@ -23,14 +23,20 @@ def test_script_compiles(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / (path.stem + ".pyc")), doraise=True)
 
 
-def test_bench_text_parses_its_arguments():
+def _load(name):
+    """The benchmark script ``benchmarks/<name>.py`` as a module (its folder on sys.path while it loads)."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_text_under_test", BENCH / "bench_text.py")
+        spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(BENCH))
+    return mod
+
+
+def test_bench_text_parses_its_arguments():
+    mod = _load("bench_text")
     args = mod.parse_args(["--only-speed", "--skip-speed", "--mdlm-table", "--block-table", "--models-dir", "M"])
     assert args.mdlm_table and args.block_table and args.models_dir == "M"
     assert mod._speed_label("top-k", 4, "dilated") == "top-k dilated 4"
@@ -41,18 +47,6 @@ def test_bench_text_parses_its_arguments():
     labels = {r["label"] for r in mod.markov_grid("mdlm", False, 64)}
     assert {f"top-k {order}" for order in ORDERS} <= labels
     assert "block top-k dilated" in {r["label"] for r in mod.markov_grid("bd3", False, 64)}
-
-
-def _load(name):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"{name}_under_test", BENCH / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
-    return mod
-
 
 def test_bench_copy_parses_its_arguments_and_states_the_exact_denoiser_law():
     mod = _load("bench_copy")

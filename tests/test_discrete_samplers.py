@@ -468,7 +468,6 @@ def test_classifier_free_guidance():
         classifier_free_guidance(cond, scale=w, mask_id=mask)  # neither prompt_mask nor uncond_fn
 
 
-
 def test_parallel_steps_break_copies_at_the_predicted_rate():
     """The copy source (x_{m+i} = x_i, first half uniform over K). With the exact denoiser, as long
     as the sequence is still valid, a pair (i, m+i) revealed in one step is drawn from two uniform
@@ -484,15 +483,13 @@ def test_parallel_steps_break_copies_at_the_predicted_rate():
     - on the reversal source the dilated order is exact from 2 steps on (below)."""
     k, length = 2, 8
     m = length // 2
-    source = CopySource(n_symbols=k)
     seqs = torch.tensor(list(itertools.product(range(k), repeat=length)))
-    copy = TokenDistribution(source.log_prob(seqs).exp(), k, length)
-    fn = copy.log_probs_fn(k)
     n = 6000
 
-    def valid(method, seed, **opts):
+    def valid(source, method, seed, **opts):  # (n,) 1 where a sample driven by the source's exact denoiser is valid
+        fn = TokenDistribution(source.log_prob(seqs).exp(), k, length).log_probs_fn(k)
         x, _ = sample_tokens(method, fn, (n, length), mask_id=k, generator=torch.Generator().manual_seed(seed), **opts)
-        return torch.isfinite(source.log_prob(x)).double()  # (n,)
+        return torch.isfinite(source.log_prob(x)).double()
 
     def close(v, expected):
         se = math.sqrt(expected * (1 - expected) / n)
@@ -505,18 +502,16 @@ def test_parallel_steps_break_copies_at_the_predicted_rate():
             total += k ** -sum(step[i] == step[m + i] for i in range(m))
         return total / math.factorial(length)
 
+    copy, reverse = CopySource(n_symbols=k), CopySource(n_symbols=k, mode="reverse")
     for steps in (2, 4):
-        close(valid("ancestral", steps, steps=steps), (1 - (1 - 1 / k) / steps) ** m)
-        close(valid("top-k", 10 + steps, steps=steps, order="random"), by_permutations(length // steps))
-        close(valid("top-k", 20 + steps, steps=steps, order="dilated"), k ** -m)
-    assert bool((valid("top-k", 30, steps=length, order="dilated") == 1).all())
-    assert bool((valid("first-hitting", 31) == 1).all())
+        close(valid(copy, "ancestral", steps, steps=steps), (1 - (1 - 1 / k) / steps) ** m)
+        close(valid(copy, "top-k", 10 + steps, steps=steps, order="random"), by_permutations(length // steps))
+        close(valid(copy, "top-k", 20 + steps, steps=steps, order="dilated"), k ** -m)
+    assert bool((valid(copy, "top-k", 30, steps=length, order="dilated") == 1).all())
+    assert bool((valid(copy, "first-hitting", 31) == 1).all())
     # the reversal (x_{m+i} = x_{m+1-i}): the bit reversal of L − 1 − i is the complement of that of
     # i, so with an even power-of-two number of steps no pair shares one and the dilated order is
     # exact from 2 calls on; one call reveals every pair together
-    reverse = CopySource(n_symbols=k, mode="reverse")
-    fn = TokenDistribution(reverse.log_prob(seqs).exp(), k, length).log_probs_fn(k)
-    source = reverse  # valid() reads fn and source when called
     for steps in (2, 4):
-        assert bool((valid("top-k", 40 + steps, steps=steps, order="dilated") == 1).all())
-    close(valid("top-k", 41, steps=1, order="dilated"), k ** -m)
+        assert bool((valid(reverse, "top-k", 40 + steps, steps=steps, order="dilated") == 1).all())
+    close(valid(reverse, "top-k", 41, steps=1, order="dilated"), k ** -m)
