@@ -69,3 +69,23 @@ def test_bench_copy_parses_its_arguments_and_states_the_exact_denoiser_law():
     assert mod.predicted_valid("bd3", "block-top-k", 1, "random", length, k, 8) == 1.0
     labels = {(m, meth) for m, meth, *_ in mod.settings(False, length)}
     assert {("mdlm", "top-k"), ("mdlm", "ancestral"), ("bd3", "block-top-k"), ("ar", "ar")} <= labels
+
+
+def test_bench_text_speed_parses_its_arguments_and_sweeps_every_sampler():
+    mod = _load("bench_text_speed")
+    args = mod.parse_args(["--prepare", "bd3,judge", "--models-dir", "M"])
+    assert args.prepare == ("bd3", "judge") and args.text_steps == 12000 and args.judge_dim == 128
+    with pytest.raises(ValueError, match="--prepare needs --models-dir"):
+        mod.parse_args(["--prepare", "mdlm"])
+    with pytest.raises(ValueError, match="subset of mdlm,bd3,ar,judge"):
+        mod.parse_args(["--prepare", "sedd", "--models-dir", "M"])
+    with pytest.raises(ValueError, match="--block 8 must divide --text-length 100"):
+        mod.parse_args(["--text-length", "100"])
+    rows = mod.settings(False, 128, 8)
+    kinds = {(m, meth, o.get("order")) for m, meth, _, o in rows}
+    assert {("mdlm", "ancestral", None), ("mdlm", "first-hitting", None), ("mdlm", "top-k", "random"), ("mdlm", "top-k", "dilated"),
+            ("bd3", "block", None), ("bd3", "block-first-hitting", None), ("bd3", "block-top-k", "random"), ("bd3", "block-top-k", "dilated"),
+            ("ar", "ar", None)} == kinds  # no confidence order competes
+    # the grids reach one token per call: L steps for MDLM top-k, a block's size for BD3 top-k
+    assert max(s for m, meth, s, _ in rows if (m, meth) == ("mdlm", "top-k")) == 128
+    assert max(s for m, meth, s, _ in rows if (m, meth) == ("bd3", "block-top-k")) == 8

@@ -96,3 +96,49 @@ def test_units():
     assert torch.allclose(perplexity_from_nll(torch.tensor([0.0, math.log(3)])), torch.tensor([1.0, 3.0]))
     # the exp of a NELBO bounds the exact perplexity from above when NELBO >= NLL
     assert nelbo_to_perplexity_bound(math.log(5) + 0.1) >= perplexity_from_nll(math.log(5))
+
+
+class _SourceAsJudge:
+    """A judge whose likelihood is a known source's exact one (the judge's contract, known answer)."""
+
+    def __init__(self, source, kind="exact"):
+        self.source, self.kind, self.calls = source, kind, []
+
+    def likelihood(self, x):
+        self.calls.append(len(x))
+        return {"nll": -self.source.log_prob(x), "n_tokens": torch.full((len(x),), x.shape[1]), "kind": self.kind, "estimator": "test"}
+
+
+def test_judge_generative_nll_is_the_judges_exact_nll_per_token():
+    from genspace.discrete.model import TextModel
+    from genspace.metrics.text_metrics import judge_generative_nll
+    from genspace.nets.transformer import Transformer, TransformerConfig
+
+    src = MarkovSource(n_symbols=3, order=1, seed=4)
+    x = src.sample(50, 12, generator=torch.Generator().manual_seed(0))
+    # a judge with a known likelihood gives the source's exact generative NLL, in any batching
+    judge = _SourceAsJudge(src)
+    g = judge_generative_nll(x, judge, batch_size=16)
+    ref = exact_generative_nll(x, src)
+    assert judge.calls == [16, 16, 16, 2]
+    assert g.mean == pytest.approx(ref.mean, rel=1e-12) and g.stderr == pytest.approx(ref.stderr, rel=1e-12)
+    assert g.invalid_fraction == 0 and math.isnan(g.source_entropy)
+    # an AR TextModel as the judge: the mean of −Σ_i log softmax(causal logits)_{x_i} / L, by hand,
+    # over the data tokens (the start token, the mask id, has probability 0)
+    torch.manual_seed(0)
+    net = Transformer(TransformerConfig(vocab_size=4, dim=16, depth=1, n_heads=2, max_len=16))
+    ar = TextModel(net, "ar", n_data_tokens=3, mask_id=3)
+    inp = torch.cat([torch.full((len(x), 1), 3), x[:, :-1]], dim=1)  # the start token is the mask id
+    with torch.no_grad():
+        logp = torch.log_softmax(net(inp, attn_mask="causal").double()[..., :3], -1).gather(-1, x[..., None])[..., 0]  # (N, L)
+    by_hand = (-logp.sum(-1) / x.shape[1]).mean()
+    assert judge_generative_nll(x, ar, batch_size=7).mean == pytest.approx(float(by_hand), rel=1e-9)
+    # a bound is refused, and so are bad inputs
+    with pytest.raises(ValueError, match="exact likelihood"):
+        judge_generative_nll(x, _SourceAsJudge(src, kind="bound"))
+    with pytest.raises(ValueError, match="likelihood"):
+        judge_generative_nll(x, object())
+    with pytest.raises(ValueError, match=r"shape \(N, L\)"):
+        judge_generative_nll(x[0], judge)
+    with pytest.raises(ValueError, match="batch_size"):
+        judge_generative_nll(x, judge, batch_size=0)

@@ -8,6 +8,11 @@ diversity of samples, and likelihood units.
   the source's entropy: a model that collapses onto the most likely sequences scores better than
   the source itself. Read it together with the source's entropy per token (returned alongside) and
   with :func:`sample_entropy`.
+- :func:`judge_generative_nll`: the same mean under a judge language model with an exact
+  likelihood (an autoregressive :class:`~genspace.discrete.model.TextModel`), for data without a
+  known source: the generative perplexity of MDLM/SEDD with their GPT-2 judge replaced by a
+  model trained on the same data. It measures agreement with the judge, so it inherits the
+  judge's errors; read it beside the judge NLL of held-out data and the sample entropy.
 - :func:`sample_entropy`: the entropy of the token histogram WITHIN each sequence, averaged over
   sequences — the diagnostic of ReMDM (Wang et al. 2025) and of Zheng et al. 2024 ("masked diffusion
   models are secretly time-agnostic...", §4), where low-precision categorical sampling shows as a
@@ -35,6 +40,7 @@ from genspace.metrics.sample_metrics import MeanWithError
 __all__ = [
     "GenerativeNLL",
     "exact_generative_nll",
+    "judge_generative_nll",
     "sample_entropy",
     "unigram_entropy",
     "distinct_n",
@@ -149,6 +155,50 @@ def exact_generative_nll(samples: torch.Tensor, source) -> GenerativeNLL:
     stderr = float(nll.std(unbiased=True) / math.sqrt(n_valid)) if n_valid >= 2 else math.nan
     entropy = float(source.sequence_entropy(length)) / length if hasattr(source, "sequence_entropy") else math.nan
     return GenerativeNLL(mean, stderr, 1.0 - n_valid / n, n, n_valid, entropy)
+
+
+class _JudgeSource:
+    """A judge model seen as a source: ``log_prob(x)`` = −(its exact NLL of each sequence)."""
+
+    def __init__(self, judge, batch_size: int) -> None:
+        self.judge, self.batch_size = judge, int(batch_size)
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, len(x), self.batch_size):
+            r = self.judge.likelihood(x[start : start + self.batch_size])
+            if r.get("kind") != "exact":
+                raise ValueError(f"the judge must have an exact likelihood (an autoregressive model), got kind {r.get('kind')!r}: "
+                                 f"{r.get('estimator', '')}")
+            out.append(-torch.as_tensor(r["nll"], dtype=torch.float64))
+        return torch.cat(out)
+
+
+def judge_generative_nll(samples: torch.Tensor, judge, *, batch_size: int = 256) -> GenerativeNLL:
+    """Mean −log p_judge(x)/L of (N, L) samples under a judge model, nats/token ± s.e.
+
+    The generative perplexity of Sahoo et al. 2024 (MDLM, §4.1) and Lou et al. 2024 (SEDD,
+    §5.2) is exp of this mean with GPT-2 Large as the judge. Here the judge is any model whose
+    ``likelihood(x)`` returns {"nll": (B,) nats per sequence, "kind": "exact"} — an
+    autoregressive :class:`~genspace.discrete.model.TextModel` trained on the same data. A bound
+    (MDLM, BD3, SEDD) is refused: its value would mix the judge's bound gap into the score.
+
+    Args:
+        samples: (N, L) integer ids, every position scored (no padding).
+        judge: the judge model (its ``eval`` mode is the caller's business; ``likelihood`` of a
+            TextModel switches to it).
+        batch_size: sequences per judge call.
+
+    Returns:
+        :class:`GenerativeNLL` with ``source_entropy`` nan (the judge's entropy rate is unknown);
+        ``invalid_fraction`` counts samples the judge gives probability 0.
+    """
+    if not hasattr(judge, "likelihood"):
+        raise ValueError(f"judge must have a likelihood(x) method (a TextModel), got {type(judge).__name__}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return exact_generative_nll(samples, _JudgeSource(judge, batch_size))
 
 
 # ------------------------------------------------------------------------- entropy, diversity
