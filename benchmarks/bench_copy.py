@@ -236,9 +236,7 @@ def table_f(cp: dict) -> str:
             f"Timing: {cp['n_timing']} sequences per call, median of {cp['repeats']} interleaved repeats.", "",
             "| model | sampler | cache | NFE | valid | tokens/s CPU | tokens/s wall |", "|---|---|---|---|---|---|---|"]
     for r in cp["table"]:
-        kv = r["method"].startswith("block") or r["method"] == "ar"
-        cache = ("KV cache" if r["cache"] else "none") if kv else (("reuse when unchanged" if r["cache"] else "none") if r["method"] == "ancestral"
-                                                                   else "none to use" + ("" if r["cache"] else " (second run)"))
+        cache = bt.cache_label(r["method"], r["cache"])
         out.append(f"| {r['model']} | {r['label']} | {cache} | {r['nfe']:.1f} | {r['valid']:.3f} | {r['tokens_per_s_cpu']:,.0f} | {r['tokens_per_s_wall']:,.0f} |")
     reps = cp["ratio_repeats"]
     spread = f" (single repeats {min(reps):.2f}–{max(reps):.2f}×)" if len(reps) > 1 else ""
@@ -288,21 +286,14 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=None, help="samples per sampler setting (default 512; quick 64)")
     p.add_argument("--n-nll", type=int, default=None, help="held-out sequences for the NLL (default 256; quick 32)")
     p.add_argument("--n-t", type=int, default=None, help="t-points per sequence of the NELBO (default 16; quick 4)")
-    p.add_argument("--sample-batch", type=int, default=128, help="sequences per sampler call in the sweep")
-    p.add_argument("--timing-batch", type=int, default=None, help="sequences per call in the timing (default 64; quick 16)")
-    p.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3; quick 1)")
-    p.add_argument("--match-tol", type=float, default=0.02, help="quality matching: valid fraction within this of the worse best (absolute)")
-    p.add_argument("--models-dir", default=None, help="load the trained models from this folder when saved there, save newly trained ones")
-    p.add_argument("--out", default=str(bt.ROOT / "benchmarks" / "results" / "text"), help="output folder")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    bt.add_matched_timing_args(p, match_help="quality matching: valid fraction within this of the worse best (absolute)")
     args = p.parse_args(argv)
     q = args.quick
     args.steps = args.steps or (60 if q else 2000)
     args.n = args.n or (64 if q else 512)
     args.n_nll = args.n_nll or (32 if q else 256)
     args.n_t = args.n_t or (4 if q else 16)
-    args.timing_batch = args.timing_batch or (16 if q else 64)
-    args.repeats = args.repeats or (1 if q else 3)
+    bt.matched_timing_defaults(args)
     if q:
         args.n_train = min(args.n_train, 2000)
     if args.length < 2 or args.length % 2:

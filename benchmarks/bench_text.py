@@ -538,6 +538,17 @@ def cheapest(rows: list[dict]) -> Optional[dict]:
     return min(rows, key=lambda r: (r["nfe"], -r["tokens_per_s_cpu"])) if rows else None
 
 
+def cache_label(method: str, cache: bool) -> str:
+    """What 'cache' means for a timed sampler: the KV cache (AR, block diffusion), MDLM ancestral's
+    reuse of the output after steps that revealed nothing, or nothing to use (every step of the
+    other MDLM samplers changes the input: the run without it is a second measurement)."""
+    if method.startswith("block") or method == "ar":
+        return "KV cache" if cache else "none"
+    if method == "ancestral":
+        return "reuse when unchanged" if cache else "none"
+    return "none to use" + ("" if cache else " (second run)")
+
+
 def time_matched(models: dict, chosen: dict, objs, *, n: int, length: int, repeats: int) -> dict:
     """Time each model's chosen sweep row with and without the cache, ``repeats`` times
     interleaved (model by model within a repeat, in the order of ``objs``): {(obj, cache): [the
@@ -773,12 +784,7 @@ def table_c(sp: dict) -> str:
     out += [f"Timing at matched quality: {sp['n_timing']} sequences per call, median of {sp['repeats']} interleaved repeats.", ""]
     out += ["| model | sampler | cache | NFE | gen NLL/token | tokens/s CPU | tokens/s wall |", "|---|---|---|---|---|---|---|"]
     for r in sp["table"]:
-        kv = r["method"].startswith("block") or r["method"] == "ar"
-        if r["method"] not in ("ancestral",) and not kv:
-            cache = "none to use" + ("" if r["cache"] else " (second run)")  # every step changes the input
-        else:
-            cache = "KV cache" if kv and r["cache"] else ("reuse when unchanged" if r["cache"] else "none")
-        out.append(f"| {r['model']} | {r['label']} | {cache} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | "
+        out.append(f"| {r['model']} | {r['label']} | {cache_label(r['method'], r['cache'])} | {r['nfe']:.1f} | {_pm(r['gen_nll'], r['gen_nll_se'])} | "
                    f"{r['tokens_per_s_cpu']:,.0f} | {r['tokens_per_s_wall']:,.0f} |")
     out += ["", f"Every BD3 quality level against the cheapest MDLM setting with generative NLL ≤ (1 + {sp['match_tol']:g}) × BD3's "
             "(tokens/s from the sweep above, one measurement each):", "",
@@ -939,6 +945,25 @@ def figure_speed(sp: dict, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- main
+
+
+def add_matched_timing_args(p: argparse.ArgumentParser, *, match_help: str) -> None:
+    """The options of the matched-quality scripts (bench_copy, bench_text_speed): sweep batch,
+    timing batch and repeats (defaults 64 / 3, quick 16 / 1, set after parsing), the matching
+    tolerance, the models folder, the output folder and the threads."""
+    p.add_argument("--sample-batch", type=int, default=128, help="sequences per sampler call in the sweep")
+    p.add_argument("--timing-batch", type=int, default=None, help="sequences per call in the timing (default 64; quick 16)")
+    p.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3; quick 1)")
+    p.add_argument("--match-tol", type=float, default=0.02, help=match_help)
+    p.add_argument("--models-dir", default=None, help="load the trained models from this folder when saved there, save newly trained ones")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "text"), help="output folder")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+
+
+def matched_timing_defaults(args) -> None:
+    """Fill the defaults of :func:`add_matched_timing_args` that depend on --quick."""
+    args.timing_batch = args.timing_batch or (16 if args.quick else 64)
+    args.repeats = args.repeats or (1 if args.quick else 3)
 
 
 def parse_args(argv=None):

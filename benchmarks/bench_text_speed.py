@@ -194,9 +194,7 @@ def table_g(sp: dict) -> str:
             f"Timing: {sp['n_timing']} sequences per call, median of {sp['repeats']} interleaved repeats.", "",
             "| model | sampler | cache | NFE | judge NLL | tokens/s CPU | tokens/s wall |", "|---|---|---|---|---|---|---|"]
     for r in sp["table"]:
-        kv = r["method"].startswith("block") or r["method"] == "ar"
-        cache = ("KV cache" if r["cache"] else "none") if kv else (("reuse when unchanged" if r["cache"] else "none") if r["method"] == "ancestral"
-                                                                   else "none to use" + ("" if r["cache"] else " (second run)"))
+        cache = bt.cache_label(r["method"], r["cache"])
         out.append(f"| {r['model']} | {r['label']} | {cache} | {r['nfe']:.1f} | {r['judge_nll']:.4f} | {r['tokens_per_s_cpu']:,.0f} | {r['tokens_per_s_wall']:,.0f} |")
     reps = sp["ratio_repeats"]
     spread = f" (single repeats {min(reps):.2f}–{max(reps):.2f}×)" if len(reps) > 1 else ""
@@ -267,14 +265,8 @@ def parse_args(argv=None):
     p.add_argument("--judge-eval-every", type=int, default=None, help="the judge's validation interval (default 100; quick 30)")
     p.add_argument("--judge-seed", type=int, default=1, help="the judge's train.seed (the models use 0)")
     p.add_argument("--n", type=int, default=None, help="samples per sampler setting (default 256; quick 32)")
-    p.add_argument("--sample-batch", type=int, default=128, help="sequences per sampler call in the sweep")
-    p.add_argument("--timing-batch", type=int, default=None, help="sequences per call in the timing (default 64; quick 16)")
-    p.add_argument("--repeats", type=int, default=None, help="timing repeats (default 3; quick 1)")
-    p.add_argument("--match-tol", type=float, default=0.02, help="quality matching: judge NLL within this fraction of the worse best")
-    p.add_argument("--models-dir", default=None, help="load the trained models from this folder when saved there, save newly trained ones")
     p.add_argument("--prepare", default=None, help=f"with --models-dir: train and save these models (comma-separated of {','.join(PREPARABLE)}) and exit")
-    p.add_argument("--out", default=str(bt.ROOT / "benchmarks" / "results" / "text"), help="output folder")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    bt.add_matched_timing_args(p, match_help="quality matching: judge NLL within this fraction of the worse best")
     args = p.parse_args(argv)
     q = args.quick
     args.text_steps = args.text_steps or (60 if q else 12000)
@@ -283,8 +275,7 @@ def parse_args(argv=None):
     args.judge_eval_every = args.judge_eval_every or (30 if q else 100)
     args.n_t = args.n_t or (4 if q else 32)
     args.n = args.n or (32 if q else 256)
-    args.timing_batch = args.timing_batch or (16 if q else 64)
-    args.repeats = args.repeats or (1 if q else 3)
+    bt.matched_timing_defaults(args)
     if q:
         args.text_n_eval = min(args.text_n_eval, 32)
     if args.text_length % args.block:
