@@ -28,7 +28,8 @@ at its setting with the fewest network calls whose judge NLL is ≤ q*. Those se
 setting with the cheapest MDLM setting within the tolerance of its quality.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare bd3 --models-dir M          # ~40 min
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare mdlm,ar,judge --models-dir M # beside it, on the other core
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare judge,mdlm --models-dir M    # beside it, on the other core
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare ar --text-steps 3000 --models-dir M  # AR is best at 1000 (Table D)
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --models-dir M                         # sweep, matching and timing
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --quick                                # smoke run (a few minutes)
 
@@ -183,7 +184,7 @@ def table_g(sp: dict) -> str:
     out.append(f"Judge: AR, {j['params']:,} parameters, best validation at step {sp['best_step']['judge']} (test NLL {sp['test_nll']['judge']:.4f}). "
                f"Held-out test rows under the judge: {bt._pm(ref['judge_nll'], ref['judge_nll_se'])} nats/char, sample entropy {ref['entropy']:.3f}, "
                f"distinct-4 {ref['distinct_4']:.3f}. Models at their best-validation steps: "
-               + ", ".join(f"{k} {sp['best_step'][k]} (test {sp['models'][k]['best']['kind']} {sp['test_nll'][k]:.4f})" for k in MODELS)
+               + ", ".join(f"{k} step {sp['best_step'][k]} of {sp['models'][k]['steps']} (test {sp['models'][k]['best']['kind']} {sp['test_nll'][k]:.4f})" for k in MODELS)
                + f". {sp['n']} samples per row; BD3 blocks of {sp['block']}, KV cache.")
     out += ["", "| model | sampler | NFE | judge NLL (nats/char) | sample entropy | distinct-4 | tokens/s CPU (wall) |", "|---|---|---|---|---|---|---|"]
     for r in sp["sweep"]:
@@ -304,9 +305,9 @@ def main(argv=None) -> int:
     sp = speed_section(args)
     tag = "-quick" if args.quick else ""
     lines = [f"# genspace: block diffusion against masked diffusion on real text, at matched quality\n\ncommand: `{command}`\n",
-             f"MDLM, BD3 and AR: Transformer dim {args.dim}, depth {args.depth}, {args.heads} heads, {args.text_steps} steps, batch {args.text_batch}, "
-             f"early-stopped on validation rows every {args.text_eval_every} steps (Table D's models); judge: dim {args.judge_dim}, depth {args.judge_depth}, "
-             f"{args.judge_steps} steps, seed {args.judge_seed}, validation every {args.judge_eval_every}. AdamW lr 1e-3, warm-up min(200, steps/10), "
+             f"MDLM, BD3 and AR: Transformer dim {args.dim}, depth {args.depth}, {args.heads} heads, batch {args.text_batch}, "
+             f"early-stopped on validation rows every {args.text_eval_every} steps (Table D's models; the steps of each below); judge: dim {args.judge_dim}, "
+             f"depth {args.judge_depth}, seed {args.judge_seed}, validation every {args.judge_eval_every}. AdamW lr 1e-3, warm-up min(200, steps/10), "
              f"grad clip 1, EMA 0.999 (warm-up); torch threads {args.threads}.\n", table_g(sp) + "\n"]
     fig = figure(sp, out / f"text_speed{tag}.png")
     lines.append(f"figure: {fig}; total wall time {(time.perf_counter() - t0) / 60:.1f} min")
