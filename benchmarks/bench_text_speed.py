@@ -27,9 +27,9 @@ at its setting with the fewest network calls whose judge NLL is ≤ q*. Those se
 ``--repeats`` times (interleaved), with and without the cache. A second table matches every BD3
 setting with the cheapest MDLM setting within the tolerance of its quality.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare bd3 --models-dir M          # ~40 min
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare judge,mdlm --models-dir M    # beside it, on the other core
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare ar --text-steps 3000 --models-dir M  # AR is best at 1000 (Table D)
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare bd3 --models-dir M          # 77 min beside the next two
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare judge,mdlm --models-dir M    # on the other core: 12 + 55 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare ar --text-steps 3000 --models-dir M  # 10 min; AR is best at 1000 (Table D)
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --models-dir M                         # sweep, matching and timing
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --quick                                # smoke run (a few minutes)
 
@@ -167,7 +167,7 @@ def speed_section(args) -> dict:
         "models": {k: {kk: vv for kk, vv in v.items() if kk != "model"} for k, v in runs.items()},
         "best_step": {k: v.get("best", {}).get("step") for k, v in runs.items()},
         "test_nll": {k: v.get("best", {}).get("nll") for k, v in runs.items()},
-        "reference": ref, "data_text": tok.decode(held[0]), "sweep": sweep, "best": best, "q_star": q_star, "match_tol": args.match_tol,
+        "reference": ref, "n_reference": len(held), "data_text": tok.decode(held[0]), "sweep": sweep, "best": best, "q_star": q_star, "match_tol": args.match_tol,
         "chosen": {k: v["label"] for k, v in chosen.items()}, "table": table, "frontier": frontier,
         "ratio_cpu": get[("bd3", True)]["tokens_per_s_cpu"] / get[("mdlm", True)]["tokens_per_s_cpu"],
         "ratio_wall": get[("bd3", True)]["tokens_per_s_wall"] / get[("mdlm", True)]["tokens_per_s_wall"], "ratio_repeats": reps,
@@ -182,7 +182,7 @@ def table_g(sp: dict) -> str:
     ref, j = sp["reference"], sp["models"]["judge"]
     out = [f"### G. Real text, rows of {sp['length']} characters: judge NLL against NFE", ""]
     out.append(f"Judge: AR, {j['params']:,} parameters, best validation at step {sp['best_step']['judge']} (test NLL {sp['test_nll']['judge']:.4f}). "
-               f"Held-out test rows under the judge: {bt._pm(ref['judge_nll'], ref['judge_nll_se'])} nats/char, sample entropy {ref['entropy']:.3f}, "
+               f"The {sp['n_reference']} held-out test rows under the judge: {bt._pm(ref['judge_nll'], ref['judge_nll_se'])} nats/char, sample entropy {ref['entropy']:.3f}, "
                f"distinct-4 {ref['distinct_4']:.3f}. Models at their best-validation steps: "
                + ", ".join(f"{k} step {sp['best_step'][k]} of {sp['models'][k]['steps']} (test {sp['models'][k]['best']['kind']} {sp['test_nll'][k]:.4f})" for k in MODELS)
                + f". {sp['n']} samples per row; BD3 blocks of {sp['block']}, KV cache.")
