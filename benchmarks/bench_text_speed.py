@@ -27,9 +27,9 @@ at its setting with the fewest network calls whose judge NLL is ≤ q*. Those se
 ``--repeats`` times (interleaved), with and without the cache. A second table matches every BD3
 setting with the cheapest MDLM setting within the tolerance of its quality.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare bd3 --models-dir M          # 77 min beside the next two
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare judge,mdlm --models-dir M    # on the other core: 12 + 55 min
-    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare ar --text-steps 3000 --models-dir M  # 10 min; AR is best at 1000 (Table D)
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare bd3 --models-dir M          # 62 min beside the next two
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare judge,mdlm --models-dir M    # on the other core: 10 + 26 min
+    OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --prepare ar --text-steps 3000 --models-dir M  # 6 min; AR is best at 1000 (Table D)
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --models-dir M                         # sweep, matching and timing
     OMP_NUM_THREADS=1 python benchmarks/bench_text_speed.py --quick                                # smoke run (a few minutes)
 
