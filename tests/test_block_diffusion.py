@@ -308,6 +308,27 @@ def test_block_topk_cache_gives_identical_tokens_and_fixed_counts(time_condition
     assert states == [[], [0, 4], [0, 2, 4, 6], [0, 1, 2, 4, 5, 6]] * 2
 
 
+def test_block_topk_work_count_is_the_one_the_speed_ceiling_uses():
+    """The README's ceiling for BD3 against MDLM: with the KV cache, S calls per block feed every
+    token S times while its block is denoised, plus once when the finished block is committed to
+    the cache (inside the next block's first call; the last block is never committed): S·L + L − b
+    tokens. Without the cache, each call feeds the whole prefix and its block."""
+    net = make_net(seed=4)
+    length, bs = 32, 8
+    for steps in (1, 2, 4):
+        for use_cache in (True, False):
+            rec = Recorder(net)
+            x, info = sample_block_diffusion(rec, 2, length, bs, mask_id=MASK, steps_per_block=steps, generator=gen(5),
+                                             sampler="top-k", order="dilated", use_cache=use_cache)
+            assert (x != MASK).all() and info["nfe"] == len(rec.calls) == steps * length // bs
+            fed = sum(n for _, n in rec.calls)
+            assert info["tokens_processed"] == fed
+            if use_cache:
+                assert fed == steps * length + length - bs
+            else:
+                assert fed == steps * sum((b + 1) * bs for b in range(length // bs))
+
+
 def test_block_first_hitting_reveal_times():
     """Time-conditioned network: within a block the times fed to it decrease, and the first reveal
     time of m masked tokens at t = 1 is the largest of m uniforms (linear schedule): mean m/(m+1)."""
